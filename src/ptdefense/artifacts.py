@@ -1,0 +1,81 @@
+"""Paths, atomic writes and safe loading of artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class ArtifactError(RuntimeError):
+    """An input artifact is missing or unreadable. The message names the file and the fix."""
+
+
+def repo_root() -> Path:
+    """The real repository root.
+
+    Under `dvc exp run --temp/--queue` a stage runs in a copy under .dvc/tmp/exps; DVC then sets
+    DVC_ROOT to the parent repository, which is where the shared MLflow store and raw data live.
+    """
+    env_root = os.environ.get("DVC_ROOT")
+    if env_root:
+        return Path(env_root).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():
+            # A temporary experiment workspace: .../<root>/.dvc/tmp/exps/<name>
+            parts = candidate.parts
+            if ".dvc" in parts:
+                return Path(*parts[: parts.index(".dvc")])
+            return candidate
+    return here
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Absolute paths as given; relative ones against the real repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+def require_file(path: str | Path, producer: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: it is written by the `{producer}` stage; run `dvc repro {producer}`")
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | Path, payload: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_json(path: str | Path, producer: str) -> dict:
+    path = require_file(path, producer)
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{path} is not valid JSON ({error}); re-create it with `dvc repro {producer}`") from None

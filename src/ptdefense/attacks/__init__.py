@@ -1,0 +1,8 @@
+"""Backdoor attacks: a shared interface and a registry by name (one module per attack)."""
+
+from ptdefense.attacks.base import Attack, PoisonedTrainSet, TriggeredTestSet, attack_names, build_attack, register_attack
+
+# Importing a module registers its attack.
+from ptdefense.attacks import badnets  # noqa: E402,F401
+
+__all__ = ["Attack", "PoisonedTrainSet", "TriggeredTestSet", "attack_names", "build_attack", "register_attack"]

@@ -1,0 +1,53 @@
+"""Models on disk: a directory with model.safetensors (weights, no code) and model.json (how to rebuild)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from ptdefense.artifacts import ArtifactError
+from ptdefense.models.blocknet import BlockNet
+from ptdefense.models.registry import build_model
+
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+
+
+def save_model(model: BlockNet, directory: str | Path, spec: dict) -> None:
+    """Write the model directory atomically: build it beside the target, then swap it in."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, staging / WEIGHTS_FILE)
+        (staging / SPEC_FILE).write_text(json.dumps({**spec, "block_names": model.block_names}, indent=2, sort_keys=True) + "\n")
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def load_model(directory: str | Path, producer: str) -> tuple[BlockNet, dict]:
+    """Rebuild a model from its spec and load its weights (safetensors: no code is ever executed)."""
+    directory = Path(directory)
+    spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
+    if not spec_path.is_file() or not weights_path.is_file():
+        raise ArtifactError(f"{directory} is missing {SPEC_FILE} or {WEIGHTS_FILE}: it is written by the "
+                            f"`{producer}` stage; run `dvc repro {producer}`")
+    try:
+        spec = json.loads(spec_path.read_text())
+        model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec.get("width"))
+        state = load_file(weights_path)
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorsError, json.JSONDecodeError) as error:
+        raise ArtifactError(f"{directory} does not hold a valid model ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0][:200]}); re-create it with `dvc repro {producer}`") from None
+    return model, spec

@@ -1,0 +1,211 @@
+"""Typed schema of params.yaml.
+
+Every stage validates the whole file before doing any work, so an unknown key, a wrong type or an
+impossible value stops the pipeline at once with a message that names the key and the valid values.
+The schema mirrors params.yaml section by section; `freeze_layers` and `seed` are top-level so that
+`dvc exp run -S freeze_layers=3` works as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ptdefense.attacks import attack_names
+from ptdefense.models import model_names
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+Ratio = Annotated[float, Field(gt=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(ge=1, le=1_000_000)]
+PositiveFloat = Annotated[float, Field(gt=0.0, le=1e3)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0, le=1e3)]
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid. The message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DataParams(_Section):
+    name: Literal["fashion_mnist"] = "fashion_mnist"
+    # Relative paths are resolved against the repository root (the real one, also under
+    # `dvc exp run --temp/--queue`), absolute paths are taken as given.
+    root: str = "data/raw"
+    download: bool = True
+    # Optional subsets, for tiny test configurations. null = the whole split.
+    train_limit: PositiveInt | None = None
+    test_limit: PositiveInt | None = None
+
+
+class AttackParams(_Section):
+    name: str = "badnets"
+    poison_rate: Ratio = 0.1
+    target_label: Annotated[int, Field(ge=0, le=10_000)] = 0
+    patch_size: Annotated[int, Field(ge=1, le=64)] = 3
+    patch_value: Annotated[int, Field(ge=0, le=255)] = 255
+
+    @field_validator("name")
+    @classmethod
+    def _known_attack(cls, value: str) -> str:
+        if value not in attack_names():
+            raise ValueError(f"unknown attack {value!r}; valid choices: {', '.join(attack_names())}")
+        return value
+
+
+class ModelParams(_Section):
+    name: str = "resnet_small"
+    # Channel width of the first stage; null = the model's own default (16 for resnet_small).
+    width: Annotated[int, Field(ge=4, le=512)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in model_names():
+            raise ValueError(f"unknown model {value!r}; valid choices: {', '.join(model_names())}")
+        return value
+
+
+class OptimParams(_Section):
+    epochs: PositiveInt = 3
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
+    lr: PositiveFloat = 0.05
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    # bf16 autocast roughly halves CPU training time; fp32 is the exact reference.
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+
+class TrainParams(OptimParams):
+    """The victim ("no defense") model trained on the poisoned set."""
+
+
+class PartialParams(OptimParams):
+    """Partial training: the first `freeze_layers` blocks stay frozen, the rest is trained."""
+
+    epochs: PositiveInt = 3
+    # Frozen BatchNorm layers keep the statistics of their initialisation (mean 0, var 1), which
+    # shrinks features to almost nothing; "recalibrate" re-estimates them on the data first.
+    frozen_bn: Literal["recalibrate", "initial"] = "recalibrate"
+
+
+class IsolationParams(_Section):
+    # ratio: the lowest-loss `ratio` share, globally (naive PT).
+    # quarantine: lowest-loss seeds in over-represented classes, then a quarantine class learns the
+    # trigger from them and catches the poison the seeds missed (see defenses/pt.py).
+    method: Literal["ratio", "quarantine"] = "quarantine"
+    ratio: Ratio = 0.1
+    seed_ratio: Ratio = 0.05
+    quarantine_epochs: PositiveInt = 3
+    quarantine_threshold: Ratio = 0.5
+    lr: PositiveFloat = 0.05
+    train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
+    precision: Literal["fp32", "bf16"] = "bf16"
+    # Batch size of the per-sample loss pass (inference only).
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 1024
+
+
+class FinetuneParams(OptimParams):
+    # Where the clean model starts: trained afresh, or fine-tuned from an earlier model.
+    init: Literal["scratch", "backdoored", "partial"] = "scratch"
+    epochs: PositiveInt = 3
+    # Push the isolated samples away from their (possibly poisoned) labels while training on the
+    # retained ones, so that poison left in the retained set cannot implant the backdoor again.
+    unlearn: bool = True
+    unlearn_weight: NonNegativeFloat = 1.0
+
+
+class MlflowParams(_Section):
+    enabled: bool = True
+    # null = $MLFLOW_TRACKING_URI, else sqlite:///<repo root>/mlflow.db
+    tracking_uri: str | None = None
+    experiment_name: Annotated[str, Field(min_length=1, max_length=200)] = "ptdefense"
+    # Fail the stage when the tracking store cannot be reached (default: warn in one line).
+    required: bool = False
+
+
+class Params(_Section):
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    freeze_layers: Annotated[int, Field(ge=0, le=64)] = 3
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    data: DataParams = DataParams()
+    attack: AttackParams = AttackParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    partial: PartialParams = PartialParams()
+    isolation: IsolationParams = IsolationParams()
+    finetune: FinetuneParams = FinetuneParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Params":
+        from ptdefense.data import dataset_num_classes
+        from ptdefense.models import num_blocks
+
+        num_classes = dataset_num_classes(self.data.name)
+        if self.attack.target_label >= num_classes:
+            raise ValueError(
+                f"attack.target_label={self.attack.target_label} is out of range: "
+                f"{self.data.name} has classes 0..{num_classes - 1}"
+            )
+        blocks = num_blocks(self.model.name)
+        if self.freeze_layers > blocks - 1:
+            raise ValueError(
+                f"freeze_layers={self.freeze_layers} is too large for model {self.model.name!r}, "
+                f"which has {blocks} blocks; valid values: 0..{blocks - 1} "
+                "(at least one block must stay trainable)"
+            )
+        return self
+
+    def digest(self) -> str:
+        """A short, stable hash of the validated params: groups one pipeline's MLflow runs."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"invalid {source}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        elif item["type"] == "literal_error":
+            message = f"invalid value {item.get('input')!r}; {item['msg'].lower()}"
+        elif item["type"] == "model_type" or item["type"] == "model_attributes_type":
+            message = "must be a mapping (a section of keys)"
+        if key == "<top level>" and message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        lines.append(f"  {key}: {message.removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def validate_params(raw: object, source: str = DEFAULT_PARAMS_FILE) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"invalid {source}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run the stage from the repository root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    return validate_params(raw, str(path))
+

@@ -1,0 +1,284 @@
+"""What each DVC stage does, as plain functions of the validated params.
+
+The scripts in stages/ only call `run_stage(<function>)`; the logic lives here so that it can be
+tested without DVC. Defense stages never read the ground-truth poison indices: only `evaluate` does.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from ptdefense.artifacts import ArtifactError
+from ptdefense.params import Params, ParamsError, load_params
+
+# Outputs, relative to the workspace (DVC runs every stage from the repository root).
+TRAIN_SET = Path("data/poisoned/train.npz")
+TEST_CLEAN = Path("data/poisoned/test_clean.npz")
+TEST_TRIGGERED = Path("data/poisoned/test_triggered.npz")
+TRUTH = Path("data/truth/poison_indices.npz")  # evaluation only: kept apart so no defense depends on it
+BACKDOORED_MODEL = Path("models/backdoored")
+PARTIAL_MODEL = Path("models/partial")
+DEFENDED_MODEL = Path("models/defended")
+LOSSES_CSV = Path("data/isolation/losses.csv")
+ISOLATED = Path("data/isolation/isolated.npz")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
+
+
+def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml") -> None:
+    """Validate params.yaml, run the stage, and turn known input errors into one clear line."""
+    from ptdefense.data.loaders import DatasetUnavailable
+    from ptdefense.tracking import TrackingError
+
+    try:
+        params = load_params(params_path)
+        stage(params)
+    except (ParamsError, ArtifactError, DatasetUnavailable, TrackingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _setup(params: Params):
+    import torch
+
+    from ptdefense.training import pick_device, seed_everything
+
+    seed_everything(params.seed)
+    device = pick_device(params.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+    return device
+
+
+def _stage_params(params: Params, *sections: str) -> dict:
+    dump = params.model_dump(mode="json")
+    picked = {"seed": params.seed}
+    for section in sections:
+        picked[section] = dump[section]
+    return picked
+
+
+def _epoch_logger(run, prefix: str, evaluate: Callable[[], dict] | None = None):
+    def on_epoch_end(epoch: int, stats: dict) -> None:
+        extra = evaluate() if evaluate else {}
+        run.log_metrics({f"{prefix}{k}": v for k, v in {**stats, **extra}.items()}, step=epoch + 1)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in {**stats, **extra}.items() if k != "epoch_seconds")
+        print(f"[{prefix.rstrip('/') or 'train'}] epoch {epoch + 1}: {shown}", file=sys.stderr)
+
+    return on_epoch_end
+
+
+def _test_evaluator(model, device):
+    """Clean accuracy and ASR on the test sets, for per-epoch curves in MLflow."""
+    from ptdefense.data.dataset import ImageSet, load_npz
+    from ptdefense.metrics import attack_success_rate, clean_accuracy
+    from ptdefense.training import predict
+    import torch
+
+    clean = ImageSet.load(TEST_CLEAN)
+    triggered = load_npz(TEST_TRIGGERED, "poison-data", ("images", "labels", "attack_targets"))
+    triggered_images = torch.from_numpy(triggered["images"])
+    targets = torch.from_numpy(triggered["attack_targets"])
+
+    def evaluate() -> dict:
+        return {
+            "clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels),
+            "attack_success_rate": attack_success_rate(predict(model, triggered_images, device), targets),
+        }
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
+def poison_data(params: Params) -> None:
+    import torch
+
+    from ptdefense.artifacts import resolve_path, write_json
+    from ptdefense.attacks import build_attack
+    from ptdefense.data import dataset_num_classes, load_dataset
+    from ptdefense.plots import plot_poison_examples
+    from ptdefense.tracking import StageRun
+
+    _setup(params)
+    num_classes = dataset_num_classes(params.data.name)
+    attack_settings = params.attack.model_dump()
+    attack = build_attack(attack_settings.pop("name"), num_classes, seed=params.seed, **attack_settings)
+    with StageRun("poison-data", params, _stage_params(params, "data", "attack")) as run:
+        train, test = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
+                                   params.data.train_limit, params.data.test_limit)
+        poisoned = attack.poison(train)
+        triggered = attack.triggered_test(test)
+        poisoned.data.save(TRAIN_SET)
+        test.save(TEST_CLEAN)
+        triggered.data.save(TEST_TRIGGERED, attack_targets=triggered.attack_targets.numpy())
+        from ptdefense.artifacts import atomic_path
+        import numpy as np
+
+        with atomic_path(TRUTH) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, poison_indices=poisoned.poison_indices.numpy())
+        summary = {
+            "train_size": len(poisoned.data),
+            "test_size": len(test),
+            "triggered_test_size": len(triggered.data),
+            "poison_count": int(poisoned.poison_indices.numel()),
+            "poison_share": poisoned.poison_indices.numel() / len(poisoned.data),
+            "num_classes": num_classes,
+            "image_shape": list(poisoned.data.image_shape),
+        }
+        write_json(METRICS_DIR / "poison.json", summary)
+        examples = PLOTS_DIR / "poison_examples.png"
+        plot_poison_examples(train, poisoned, examples, attack.name)
+        run.log_metrics(summary)
+        run.log_artifact(examples)
+        print(f"poisoned {summary['poison_count']} of {summary['train_size']} training samples "
+              f"({attack.name}, target {params.attack.target_label})", file=sys.stderr)
+        del torch
+
+
+def _dataset_spec(params: Params, train) -> dict:
+    from ptdefense.data import dataset_num_classes
+
+    return {
+        "architecture": params.model.name,
+        "width": params.model.width,
+        "in_channels": train.image_shape[0],
+        "input_shape": list(train.image_shape),
+        "num_classes": dataset_num_classes(params.data.name),
+        "dataset": params.data.name,
+    }
+
+
+def train_backdoored(params: Params) -> None:
+    from ptdefense.artifacts import write_json
+    from ptdefense.data.dataset import ImageSet
+    from ptdefense.models import build_model
+    from ptdefense.models.io import save_model
+    from ptdefense.tracking import StageRun
+    from ptdefense.training import FitConfig, fit
+    import torch
+
+    device = _setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    spec = _dataset_spec(params, train)
+    with StageRun("train-backdoored", params, _stage_params(params, "model", "train")) as run:
+        torch.manual_seed(params.seed)
+        model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"])
+        config = FitConfig(**params.train.model_dump())
+        started = time.perf_counter()
+        history = fit(model, train, config, device, params.seed,
+                      on_epoch_end=_epoch_logger(run, "", _test_evaluator(model, device)), description="backdoored")
+        save_model(model, BACKDOORED_MODEL, {**spec, "freeze_layers": 0, "stage": "train-backdoored"})
+        final = {**history[-1], **_test_evaluator(model, device)(), "wall_seconds": time.perf_counter() - started,
+                 "sample_epochs": config.epochs * len(train)}
+        write_json(METRICS_DIR / "train_backdoored.json", final)
+        run.log_metrics(final)
+
+
+def partial_train(params: Params) -> None:
+    from ptdefense.artifacts import write_json
+    from ptdefense.data.dataset import ImageSet
+    from ptdefense.defenses.pt import build_partial_model
+    from ptdefense.models.io import save_model
+    from ptdefense.tracking import StageRun
+    from ptdefense.training import FitConfig, fit
+
+    device = _setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    spec = _dataset_spec(params, train)
+    stage_params = {**_stage_params(params, "model", "partial"), "freeze_layers": params.freeze_layers}
+    with StageRun("partial-train", params, stage_params) as run:
+        model = build_partial_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"],
+                                    params.freeze_layers, params.partial.frozen_bn, train.images, device, params.seed)
+        frozen = model.block_names[: params.freeze_layers]
+        print(f"partial training: frozen blocks {frozen or 'none'}, trained "
+              f"{model.block_names[params.freeze_layers:]}", file=sys.stderr)
+        config = FitConfig(**params.partial.model_dump(exclude={"frozen_bn"}))
+        started = time.perf_counter()
+        history = fit(model, train, config, device, params.seed + 1, on_epoch_end=_epoch_logger(run, ""),
+                      description="partial")
+        save_model(model, PARTIAL_MODEL, {**spec, "freeze_layers": params.freeze_layers, "frozen_blocks": frozen,
+                                          "stage": "partial-train"})
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        final = {**history[-1], "wall_seconds": time.perf_counter() - started, "trainable_parameters": trainable,
+                 "total_parameters": sum(p.numel() for p in model.parameters()),
+                 "sample_epochs": config.epochs * len(train)}
+        write_json(METRICS_DIR / "partial_train.json", final)
+        run.log_metrics(final)
+
+
+def isolate(params: Params) -> None:
+    from ptdefense.artifacts import write_json
+    from ptdefense.data.dataset import ImageSet
+    from ptdefense.defenses.pt import isolate_samples
+    from ptdefense.defenses.pt import write_isolation
+    from ptdefense.models.io import load_model
+    from ptdefense.tracking import StageRun
+
+    device = _setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    model, spec = load_model(PARTIAL_MODEL, "partial-train")
+    with StageRun("isolate", params, {**_stage_params(params, "isolation"), "freeze_layers": params.freeze_layers}) as run:
+        started = time.perf_counter()
+        result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
+                                         spec.get("width"), device, params.seed + 3)
+        write_isolation(LOSSES_CSV, ISOLATED, train.labels, losses, result)
+        summary = {**result.details, "isolated_count": int(result.isolated.numel()),
+                   "isolated_share": result.isolated.numel() / len(train),
+                   "wall_seconds": time.perf_counter() - started}
+        write_json(METRICS_DIR / "isolate.json", summary)
+        run.log_metrics(summary)
+        run.log_artifact(LOSSES_CSV)
+        print(f"isolated {summary['isolated_count']} of {len(train)} samples", file=sys.stderr)
+
+
+def finetune(params: Params) -> None:
+    import torch
+
+    from ptdefense.artifacts import write_json
+    from ptdefense.data.dataset import ImageSet, load_npz
+    from ptdefense.defenses.pt import finetune_model
+    from ptdefense.models import build_model
+    from ptdefense.models.io import load_model, save_model
+    from ptdefense.tracking import StageRun
+    from ptdefense.training import FitConfig
+
+    device = _setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    isolated = torch.from_numpy(load_npz(ISOLATED, "isolate", ("isolated_indices",))["isolated_indices"]).long()
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[isolated] = False
+    retained, suspects = train.subset(torch.nonzero(keep).flatten()), train.subset(isolated)
+    spec = _dataset_spec(params, train)
+    with StageRun("finetune", params, _stage_params(params, "finetune")) as run:
+        torch.manual_seed(params.seed + 2)
+        if params.finetune.init == "scratch":
+            model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"])
+        else:
+            source = BACKDOORED_MODEL if params.finetune.init == "backdoored" else PARTIAL_MODEL
+            model, _ = load_model(source, "train-backdoored" if params.finetune.init == "backdoored" else "partial-train")
+        config = FitConfig(**params.finetune.model_dump(exclude={"init", "unlearn", "unlearn_weight"}))
+        started = time.perf_counter()
+        history = finetune_model(model, retained, suspects if params.finetune.unlearn else None, config, device,
+                                 params.seed + 2, params.finetune.unlearn_weight,
+                                 on_epoch_end=_epoch_logger(run, "", _test_evaluator(model, device)))
+        save_model(model, DEFENDED_MODEL, {**spec, "freeze_layers": 0, "stage": "finetune", "init": params.finetune.init})
+        final = {**history[-1], "retained_count": len(retained), "isolated_count": len(suspects),
+                 "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(retained)}
+        write_json(METRICS_DIR / "finetune.json", final)
+        run.log_metrics(final)
+
+
+def evaluate(params: Params) -> None:
+    from ptdefense.evaluation import evaluate_pipeline
+    from ptdefense.tracking import StageRun
+
+    device = _setup(params)
+    with StageRun("evaluate", params, _stage_params(params, "attack")) as run:
+        metrics, artifacts = evaluate_pipeline(params, device)
+        run.log_metrics(metrics)
+        for path in artifacts:
+            run.log_artifact(path)

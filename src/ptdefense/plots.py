@@ -1,0 +1,65 @@
+"""Figures (matplotlib, headless): what the trigger looks like, and how loss separates poison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ptdefense.artifacts import atomic_path
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def _as_image(tensor: torch.Tensor):
+    array = tensor.permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def plot_poison_examples(clean, poisoned, path: str | Path, attack_name: str, count: int = 6) -> None:
+    """Pairs of (clean, poisoned) training images, with their labels before and after."""
+    plt = _figure()
+    indices = poisoned.poison_indices[:count].tolist()
+    figure, axes = plt.subplots(2, max(1, len(indices)), figsize=(1.8 * max(1, len(indices)), 4), squeeze=False)
+    for column, index in enumerate(indices):
+        for row, (images, labels, title) in enumerate(((clean.images, clean.labels, "clean"),
+                                                       (poisoned.data.images, poisoned.data.labels, "poisoned"))):
+            axis = axes[row][column]
+            axis.imshow(_as_image(images[index]), cmap="gray", vmin=0, vmax=255)
+            axis.set_title(f"{title}, label {int(labels[index])}", fontsize=8)
+            axis.axis("off")
+    figure.suptitle(f"{attack_name}: training images before and after poisoning")
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_loss_histograms(panels: list[tuple[str, torch.Tensor]], is_poison: torch.Tensor, path: str | Path) -> None:
+    """Per-sample loss (log scale), poisoned against clean, one panel per model."""
+    plt = _figure()
+    import numpy as np
+
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for axis, (title, losses) in zip(axes[0], panels):
+        values = losses.clamp(min=1e-8).log10().numpy()
+        bins = np.linspace(values.min(), values.max() + 1e-6, 60)
+        axis.hist(values[~is_poison.numpy()], bins=bins, alpha=0.6, label="clean", color="tab:blue")
+        axis.hist(values[is_poison.numpy()], bins=bins, alpha=0.6, label="poisoned", color="tab:red")
+        axis.set_yscale("log")
+        axis.set_xlabel("log10 per-sample cross-entropy")
+        axis.set_title(title, fontsize=10)
+        axis.legend()
+    axes[0][0].set_ylabel("training samples")
+    _save(figure, path)
+    plt.close(figure)

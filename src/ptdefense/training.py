@@ -1,0 +1,181 @@
+"""The one training loop every stage uses, plus batched inference.
+
+Defenses differ only in what they pass to `fit`: which parameters are trainable (a model with a
+frozen prefix), which samples, and whether a set of suspects is pushed away from its labels.
+Datasets stay in memory as uint8 tensors; batches are converted to float on the fly, which on two
+CPU cores is far faster than per-sample transforms behind DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ptdefense.data.dataset import ImageSet
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    precision: str = "bf16"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA device is available; use device: auto or cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device: mps was requested but MPS is not available; use device: auto or cpu")
+    return torch.device(requested)
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, H, W) → float in [-1, 1], channels_last (faster convolutions on CPU)."""
+    batch = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device, precision: str):
+    enabled = precision == "bf16" and device.type in ("cpu", "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def suppression_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """−log(1 − p(label)): bounded "unlearning" that pushes a sample away from its label.
+
+    Unlike plain gradient ascent on cross-entropy it cannot diverge, so it can run alongside
+    normal training from the first step.
+    """
+    probabilities = F.softmax(logits.float(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    return -torch.log1p(-probabilities.clamp(max=1 - 1e-6)).mean()
+
+
+def fit(
+    model: nn.Module,
+    train: ImageSet,
+    config: FitConfig,
+    device: torch.device,
+    seed: int,
+    suppress: ImageSet | None = None,
+    suppress_weight: float = 1.0,
+    on_epoch_end: EpochCallback | None = None,
+    description: str = "train",
+    sample_losses: torch.Tensor | None = None,
+) -> list[dict[str, float]]:
+    """Train the trainable parameters of `model` with SGD + one-cycle schedule; return epoch stats.
+
+    If `sample_losses` (float32, epochs × N) is given, each sample's training loss in each epoch
+    is written into it: a loss trajectory for free, since the forward pass computes it anyway.
+    """
+    model.to(device=device, memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    steps_per_epoch = max(1, -(-len(train) // config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15,
+        anneal_strategy="cos", cycle_momentum=False,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(config.epochs):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train), generator=generator)
+        suppress_order = torch.randperm(len(suppress), generator=generator) if suppress is not None and len(suppress) else None
+        loss_sum, correct, seen, suppress_sum = 0.0, 0, 0, 0.0
+        batches = tqdm(range(steps_per_epoch), desc=f"{description} epoch {epoch + 1}/{config.epochs}",
+                       leave=False, mininterval=2.0, disable=None)
+        for step in batches:
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            inputs, labels = to_input(train.images[index], device), train.labels[index].to(device)
+            with _autocast(device, config.precision):
+                logits = model(inputs)
+                losses = F.cross_entropy(logits.float(), labels, reduction="none")
+                loss = losses.mean()
+                total = loss
+                if suppress_order is not None:
+                    # Cycle through the suspects, one small batch per step, in proportion to their size.
+                    size = max(1, round(config.batch_size * len(suppress) / len(train)))
+                    start = (step * size) % len(suppress)
+                    chosen = suppress_order[torch.arange(start, start + size) % len(suppress)]
+                    suppressed = suppression_loss(model(to_input(suppress.images[chosen], device)),
+                                                  suppress.labels[chosen].to(device))
+                    total = loss + suppress_weight * suppressed
+                    suppress_sum += float(suppressed.detach()) * len(index)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            scheduler.step()
+            if sample_losses is not None:
+                sample_losses[epoch, index] = losses.detach().cpu()
+            loss_sum += float(loss.detach()) * len(index)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(index)
+        stats = {
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "epoch_seconds": time.perf_counter() - started,
+            "images_per_second": seen / (time.perf_counter() - started),
+        }
+        if suppress_order is not None:
+            stats["suppression_loss"] = suppress_sum / seen
+        history.append(stats)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, stats)
+    return history
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1024,
+                   precision: str = "fp32", description: str = "predict") -> torch.Tensor:
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    outputs = []
+    for start in tqdm(range(0, images.shape[0], batch_size), desc=description, leave=False, mininterval=2.0, disable=None):
+        with _autocast(device, precision):
+            outputs.append(model(to_input(images[start:start + batch_size], device)).float().cpu())
+    if not outputs:
+        return torch.empty(0)
+    return torch.cat(outputs)
+
+
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    return predict_logits(model, images, device, batch_size).argmax(1)
+
+
+def per_sample_loss(model: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Cross-entropy of every sample under `model` (eval mode, fp32), in dataset order."""
+    logits = predict_logits(model, data.images, device, batch_size, description="per-sample loss")
+    return F.cross_entropy(logits, data.labels, reduction="none")
