@@ -1,6 +1,12 @@
 """DVC stage `train-backdoored`: validate params.yaml, then run ptdefense.pipeline.train_backdoored."""
 
-from ptdefense.pipeline import train_backdoored, run_stage
+import sys
+from pathlib import Path
+
+# Run the library next to this script (the code DVC hashed), also inside `dvc exp run --temp` copies.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ptdefense.pipeline import train_backdoored, run_stage  # noqa: E402
 
 if __name__ == "__main__":
     run_stage(train_backdoored)

@@ -7,12 +7,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from safetensors import SafetensorsError
+import safetensors
 from safetensors.torch import load_file, save_file
 
 from ptdefense.artifacts import ArtifactError
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
+
+# safetensors raises its own error type for a corrupt file (named differently across versions).
+_SAFETENSORS_ERROR = getattr(safetensors, "SafetensorError", OSError)
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
@@ -47,7 +50,7 @@ def load_model(directory: str | Path, producer: str) -> tuple[BlockNet, dict]:
         model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec.get("width"))
         state = load_file(weights_path)
         model.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorsError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, ValueError, RuntimeError, _SAFETENSORS_ERROR, json.JSONDecodeError) as error:
         raise ArtifactError(f"{directory} does not hold a valid model ({type(error).__name__}: "
                             f"{str(error).splitlines()[0][:200]}); re-create it with `dvc repro {producer}`") from None
     return model, spec
