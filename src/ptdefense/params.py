@@ -32,7 +32,8 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: "3" or true are not silently read as 3 or 1 (YAML turns `yes` into true).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class DataParams(_Section):
@@ -104,6 +105,9 @@ class IsolationParams(_Section):
     method: Literal["ratio", "quarantine"] = "quarantine"
     ratio: Ratio = 0.1
     seed_ratio: Ratio = 0.05
+    # A label is suspicious when the runner-up classes of its lowest-loss samples are this diverse
+    # (normalised entropy, 0..1): poison carries the content of many classes under one label.
+    diversity_threshold: Ratio = 0.75
     quarantine_epochs: PositiveInt = 3
     quarantine_threshold: Ratio = 0.5
     lr: PositiveFloat = 0.05

@@ -176,6 +176,7 @@ def train_backdoored(params: Params) -> None:
                  "sample_epochs": config.epochs * len(train)}
         write_json(METRICS_DIR / "train_backdoored.json", final)
         run.log_metrics(final)
+        run.log_artifact(BACKDOORED_MODEL)
 
 
 def partial_train(params: Params) -> None:
@@ -208,6 +209,7 @@ def partial_train(params: Params) -> None:
                  "sample_epochs": config.epochs * len(train)}
         write_json(METRICS_DIR / "partial_train.json", final)
         run.log_metrics(final)
+        run.log_artifact(PARTIAL_MODEL)
 
 
 def isolate(params: Params) -> None:
@@ -270,6 +272,7 @@ def finetune(params: Params) -> None:
                  "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(retained)}
         write_json(METRICS_DIR / "finetune.json", final)
         run.log_metrics(final)
+        run.log_artifact(DEFENDED_MODEL)
 
 
 def evaluate(params: Params) -> None:

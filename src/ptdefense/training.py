@@ -120,19 +120,23 @@ def fit(
                        leave=False, mininterval=2.0, disable=None)
         for step in batches:
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            inputs, labels = to_input(train.images[index], device), train.labels[index].to(device)
+            images, labels = train.images[index], train.labels[index].to(device)
+            chosen = None
+            if suppress_order is not None:
+                # Cycle through the suspects, a few per step in proportion to their share, in the same
+                # forward pass (one batch, so BatchNorm never sees a tiny batch of suspects alone).
+                size = max(1, round(config.batch_size * len(suppress) / len(train)))
+                start = (step * size) % len(suppress)
+                chosen = suppress_order[torch.arange(start, start + size) % len(suppress)]
+                images = torch.cat([images, suppress.images[chosen]])
             with _autocast(device, config.precision):
-                logits = model(inputs)
+                all_logits = model(to_input(images, device))
+                logits = all_logits[: len(index)]
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 loss = losses.mean()
                 total = loss
-                if suppress_order is not None:
-                    # Cycle through the suspects, one small batch per step, in proportion to their size.
-                    size = max(1, round(config.batch_size * len(suppress) / len(train)))
-                    start = (step * size) % len(suppress)
-                    chosen = suppress_order[torch.arange(start, start + size) % len(suppress)]
-                    suppressed = suppression_loss(model(to_input(suppress.images[chosen], device)),
-                                                  suppress.labels[chosen].to(device))
+                if chosen is not None:
+                    suppressed = suppression_loss(all_logits[len(index):], suppress.labels[chosen].to(device))
                     total = loss + suppress_weight * suppressed
                     suppress_sum += float(suppressed.detach()) * len(index)
             optimizer.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def load_npz(path: str | Path, producer: str, required: tuple[str, ...]) -> dict
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (ValueError, OSError, EOFError) as error:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise ArtifactError(f"{path} is not a readable .npz ({error}); re-create it with `dvc repro {producer}`") from None
     missing = [name for name in required if name not in arrays]
     if missing:

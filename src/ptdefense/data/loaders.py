@@ -62,7 +62,7 @@ def _load_idx_split(directory: Path, split: str) -> ImageSet | None:
     try:
         images = _read_idx(image_path, read_image_file)
         labels = _read_idx(label_path, read_label_file)
-    except (AssertionError, OSError, EOFError, RuntimeError, ValueError) as error:
+    except (AssertionError, OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError) as error:
         raise DatasetUnavailable(f"{image_path} / {label_path}: not valid idx files ({error or 'bad header'})") from None
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DatasetUnavailable(

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.models import BlockNet, build_model
-from ptdefense.training import EpochCallback, FitConfig, fit, per_sample_loss, predict_logits, to_input
+from ptdefense.training import EpochCallback, FitConfig, fit, predict_logits, to_input
 
 
 @torch.no_grad()
@@ -74,17 +75,38 @@ def isolate_lowest_loss(losses: torch.Tensor, ratio: float) -> Isolation:
     return Isolation(isolated, -losses, {"loss_threshold": threshold})
 
 
-def suspicious_classes(losses: torch.Tensor, labels: torch.Tensor, ratio: float, num_classes: int,
-                       excess_factor: float = 2.0) -> list[int]:
-    """Classes over-represented among the lowest-loss `ratio` share of samples.
+def runner_up_diversity(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Normalised entropy (0..1) of the runner-up class over a set of samples with one label.
 
-    An all-to-one backdoor piles near-zero losses onto its target label; a class whose share of the
-    lowest-loss set is `excess_factor` times its share of the data is flagged.
+    Samples of a clean class are confused with a few similar classes (a T-shirt with a shirt), so
+    their runner-up classes concentrate. Dirty-label poison carries the content of many classes
+    under one label, so its runner-ups spread over all of them.
     """
-    lowest = isolate_lowest_loss(losses, ratio).isolated
-    expected = torch.bincount(labels, minlength=num_classes).float() / labels.numel()
-    observed = torch.bincount(labels[lowest], minlength=num_classes).float() / max(1, lowest.numel())
-    return [c for c in range(num_classes) if observed[c] > excess_factor * expected[c]]
+    masked = logits.clone()
+    masked[torch.arange(labels.numel()), labels] = float("-inf")
+    counts = torch.bincount(masked.argmax(1), minlength=num_classes).float()
+    shares = counts[counts > 0] / counts.sum()
+    entropy = float(-(shares * shares.log()).sum())
+    return entropy / float(torch.log(torch.tensor(float(max(2, num_classes - 1)))))
+
+
+def suspicious_classes(logits: torch.Tensor, labels: torch.Tensor, seed_ratio: float, num_classes: int,
+                       diversity_threshold: float) -> tuple[list[int], dict[str, float]]:
+    """Labels whose lowest-loss samples look like poison: many, and of diverse content.
+
+    Easy clean classes (trousers in Fashion-MNIST) also fill the lowest-loss set, so being
+    over-represented there is not enough; the runner-up diversity tells the two apart.
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    lowest = isolate_lowest_loss(losses, seed_ratio).isolated
+    minimum = max(20, round(0.02 * lowest.numel()))
+    diversity: dict[str, float] = {}
+    for label in range(num_classes):
+        members = lowest[labels[lowest] == label]
+        if members.numel() >= minimum:
+            diversity[str(label)] = runner_up_diversity(logits[members], labels[members], num_classes)
+    flagged = [int(label) for label, value in diversity.items() if value >= diversity_threshold]
+    return flagged, diversity
 
 
 def finetune_model(model: BlockNet, retained: ImageSet, isolated: ImageSet | None, config: FitConfig,
@@ -97,13 +119,13 @@ def finetune_model(model: BlockNet, retained: ImageSet, isolated: ImageSet | Non
                on_epoch_end=on_epoch_end, description="finetune")
 
 
-def quarantine_isolation(losses: torch.Tensor, train: ImageSet, num_classes: int, architecture: str,
-                         width: int | None, seed_ratio: float, threshold: float, config: FitConfig,
-                         device: torch.device, seed: int) -> Isolation:
+def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int, architecture: str,
+                         width: int | None, seed_ratio: float, diversity_threshold: float, threshold: float,
+                         config: FitConfig, device: torch.device, seed: int) -> Isolation:
     """Progressive isolation through a quarantine class.
 
     1. Seeds: the lowest-loss `seed_ratio` share under the partial model, kept only where their
-       label is a suspicious (over-represented) class. They are few but nearly all poison.
+       label is a suspicious class (see `suspicious_classes`). They are few but nearly all poison.
     2. A fresh model with one extra output, the quarantine class, is trained on the seeds relabelled
        to it, plus every sample whose label is not suspicious (all clean for an all-to-one attack).
        The only thing the seeds share across their varied content is the trigger, so the model
@@ -111,10 +133,11 @@ def quarantine_isolation(losses: torch.Tensor, train: ImageSet, num_classes: int
     3. Isolated: samples of the suspicious classes whose quarantine probability exceeds `threshold`.
     """
     labels = train.labels
-    classes = suspicious_classes(losses, labels, seed_ratio, num_classes)
-    details: dict = {"suspicious_classes": classes}
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    classes, diversity = suspicious_classes(logits, labels, seed_ratio, num_classes, diversity_threshold)
+    details: dict = {"suspicious_classes": classes, "runner_up_diversity": diversity}
     if not classes:
-        details["note"] = "no class is over-represented among the lowest losses: nothing isolated"
+        details["note"] = "no class's lowest-loss samples look like poison: nothing isolated"
         return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
     in_suspicious = torch.isin(labels, torch.tensor(classes))
     lowest = isolate_lowest_loss(losses, seed_ratio).isolated
@@ -138,14 +161,15 @@ def quarantine_isolation(losses: torch.Tensor, train: ImageSet, num_classes: int
 def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
                     width: int | None, device: torch.device, seed: int) -> tuple[Isolation, torch.Tensor]:
     """Per-sample loss under the partial model, then the isolation rule chosen in params."""
-    losses = per_sample_loss(model, train, device, settings.batch_size)
+    logits = predict_logits(model, train.images, device, settings.batch_size, description="partial-model logits")
+    losses = F.cross_entropy(logits, train.labels, reduction="none")
     if settings.method == "ratio":
         result = isolate_lowest_loss(losses, settings.ratio)
     elif settings.method == "quarantine":
         config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
                            lr=settings.lr, precision=settings.precision)
-        result = quarantine_isolation(losses, train, num_classes, architecture, width, settings.seed_ratio,
-                                      settings.quarantine_threshold, config, device, seed)
+        result = quarantine_isolation(logits, train, num_classes, architecture, width, settings.seed_ratio,
+                                      settings.diversity_threshold, settings.quarantine_threshold, config, device, seed)
     else:  # the params schema only admits the methods above
         raise ValueError(f"unknown isolation method {settings.method!r}")
     return result, losses

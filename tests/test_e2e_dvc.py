@@ -1,0 +1,166 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on a tiny configuration, in a copy of the repo.
+
+Checks the metrics file, MLflow's runs (one per stage, grouped, with params and metrics, read back
+through MlflowClient), caching under `dvc exp run -S freeze_layers=…`, and the clear error on a bad
+params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "evaluate"]
+
+pytestmark = pytest.mark.e2e
+
+TINY = {
+    "data": {"train_limit": 3000, "test_limit": 600},
+    "train": {"epochs": 2},
+    "partial": {"epochs": 1},
+    "isolation": {"quarantine_epochs": 1},
+    "finetune": {"epochs": 1},
+}
+
+
+def _env(workspace: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
+    return env
+
+
+def _run(args: list[str], workspace: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A git + DVC copy of the repository's tracked and untracked-but-not-ignored files."""
+    target = tmp_path_factory.mktemp("e2e") / "repo"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        source = REPO / name
+        if not source.is_file() or name == "dvc.lock" or name.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / name)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    (target / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    _run(["git", "init", "-q"], target)
+    _run(["git", "add", "-A"], target)
+    _run(["git", "commit", "-qm", "tiny"], target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def reproduced(workspace: Path) -> subprocess.CompletedProcess:
+    return _run(["dvc", "repro"], workspace)
+
+
+def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in reproduced.stdout
+    metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
+    for model in ("backdoored", "defended"):
+        for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
+            assert 0.0 <= metrics[model][key] <= 1.0
+    assert metrics["backdoored"]["clean_accuracy"] > 0.3  # learned something beyond chance (0.1)
+    isolation = metrics["isolation"]
+    assert isolation["poison_count"] == 300  # round(0.1 × 3000)
+    for key in ("isolation_recall", "isolation_false_positive_rate"):
+        assert 0.0 <= isolation[key] <= 1.0
+    assert 0.0 <= metrics["defense_effectiveness_rating"] <= 1.0
+    for output in ("models/backdoored/model.safetensors", "models/defended/model.json", "data/isolation/losses.csv",
+                   "plots/loss_histogram.png", "plots/poison_examples.png", "reports/evaluate.md"):
+        assert (workspace / output).is_file(), output
+
+
+def test_status_is_clean_and_metrics_show(workspace, reproduced):
+    status = _run(["dvc", "status"], workspace)
+    assert "up to date" in status.stdout
+    shown = _run(["dvc", "metrics", "show"], workspace)
+    assert "metrics/evaluate.json" in shown.stdout and "defended.attack_success_rate" in shown.stdout
+
+
+def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
+    from mlflow.tracking import MlflowClient
+
+    store = workspace / "mlflow.db"
+    assert store.is_file(), "the default store is sqlite:///<repo root>/mlflow.db"
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("ptdefense")
+    stage_runs = client.search_runs([experiment.experiment_id], "tags.`ptdefense.role` = 'stage'")
+    assert sorted(run.data.tags["ptdefense.stage"] for run in stage_runs) == sorted(STAGES)
+    parents = {run.data.tags["mlflow.parentRunId"] for run in stage_runs}
+    groups = {run.data.tags["ptdefense.pipeline"] for run in stage_runs}
+    assert len(parents) == 1 and len(groups) == 1
+    parent = client.get_run(parents.pop())
+    assert parent.data.params["freeze_layers"] == "3"  # the parent holds every param, for side-by-side comparison
+    by_stage = {run.data.tags["ptdefense.stage"]: run for run in stage_runs}
+    assert by_stage["partial-train"].data.params["freeze_layers"] == "3"
+    assert by_stage["train-backdoored"].data.params["train.epochs"] == "2"
+    assert "attack_success_rate" in by_stage["train-backdoored"].data.metrics
+    history = client.get_metric_history(by_stage["train-backdoored"].info.run_id, "train_loss")
+    assert [point.step for point in history] == [1, 2]  # per-epoch metrics
+    assert "defended.attack_success_rate" in by_stage["evaluate"].data.metrics
+    assert "isolation.isolation_recall" in by_stage["evaluate"].data.metrics
+    assert all(run.info.status == "FINISHED" for run in stage_runs)
+
+
+def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduced):
+    _run(["git", "add", "-A"], workspace)
+    _run(["git", "commit", "-qm", "after repro"], workspace)
+    result = _run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "freeze2"], workspace)
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
+    assert ran == {"partial-train", "isolate", "finetune", "evaluate"}
+    assert "Stage 'poison-data' didn't change, skipping" in result.stdout
+    assert "Stage 'train-backdoored' didn't change, skipping" in result.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ptdefense")
+    runs = client.search_runs([experiment.experiment_id], "tags.`ptdefense.pipeline` = 'freeze2' and tags.`ptdefense.role` = 'stage'")
+    assert sorted(run.data.tags["ptdefense.stage"] for run in runs) == ["evaluate", "finetune", "isolate", "partial-train"]
+    assert {run.data.tags["freeze_layers"] for run in runs} == {"2"}
+
+
+def test_bad_params_fail_before_any_work_with_a_clear_message(workspace, reproduced):
+    params_path = workspace / "params.yaml"
+    original = params_path.read_text()
+    before = (workspace / "metrics/evaluate.json").read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["attack"]["poison_rate"] = 1.5
+        params["train"]["epochz"] = 3
+        params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+        result = _run(["dvc", "repro"], workspace, check=False)
+        assert result.returncode != 0
+        output = result.stdout + result.stderr
+        assert "attack.poison_rate" in output and "less than 1" in output
+        assert "train.epochz" in output and "unknown key" in output
+        assert "Traceback" not in output
+        assert (workspace / "metrics/evaluate.json").read_text() == before
+    finally:
+        params_path.write_text(original)

@@ -1,0 +1,287 @@
+"""The params.yaml schema: what it accepts, what it rejects, and how it names the problem."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ptdefense.params import Params, ParamsError, load_params, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _error(raw: object) -> str:
+    with pytest.raises(ParamsError) as info:
+        validate_params(raw)
+    return str(info.value)
+
+
+# --- the repository's own file and the defaults -------------------------------------------------
+
+def test_repo_params_yaml_validates():
+    params = load_params(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert isinstance(params, Params)
+    # Every value in the file made it into the model unchanged.
+    assert params.freeze_layers == raw["freeze_layers"]
+    assert params.seed == raw["seed"]
+    assert params.attack.name == raw["attack"]["name"]
+    assert params.attack.poison_rate == raw["attack"]["poison_rate"]
+    assert params.model.name == raw["model"]["name"]
+    assert params.train.epochs == raw["train"]["epochs"]
+    assert params.isolation.method == raw["isolation"]["method"]
+    assert params.finetune.init == raw["finetune"]["init"]
+
+
+def test_repo_params_yaml_covers_every_schema_key():
+    """params.yaml mirrors the schema: no section or key of Params is left implicit."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    dumped = Params().model_dump()
+    assert set(raw) == set(dumped)
+    for section, value in dumped.items():
+        if isinstance(value, dict):
+            assert set(raw[section]) == set(value), section
+
+
+@pytest.mark.parametrize("raw", [{}, None])
+def test_defaults(raw):
+    params = validate_params(raw)
+    assert params.seed == 0
+    assert params.freeze_layers == 3
+    assert params.device == "auto"
+    assert params.data.name == "fashion_mnist"
+    assert params.data.train_limit is None
+    assert params.attack.name == "badnets"
+    assert params.attack.poison_rate == 0.1
+    assert params.attack.target_label == 0
+    assert params.attack.patch_size == 3
+    assert params.attack.patch_value == 255
+    assert params.model.name == "resnet_small"
+    assert params.model.width is None
+    assert params.train.epochs == 3
+    assert params.train.precision == "bf16"
+    assert params.partial.frozen_bn == "recalibrate"
+    assert params.isolation.method == "quarantine"
+    assert params.finetune.init == "scratch"
+    assert params.finetune.unlearn is True
+    assert params.mlflow.required is False
+
+
+def test_partial_section_keeps_other_defaults():
+    params = validate_params({"train": {"epochs": 7}})
+    assert params.train.epochs == 7
+    assert params.train.batch_size == 128
+    assert params.partial.epochs == 3
+
+
+def test_empty_yaml_file_gives_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing but a comment\n")
+    assert load_params(path) == Params()
+
+
+# --- unknown keys and wrong types ---------------------------------------------------------------
+
+def test_unknown_top_level_key():
+    message = _error({"freeze_layer": 2})
+    assert "freeze_layer" in message
+    assert "unknown key" in message
+
+
+def test_unknown_key_inside_section_names_the_path():
+    message = _error({"train": {"epoch": 3}})
+    assert "train.epoch" in message
+    assert "unknown key" in message
+
+
+def test_unknown_key_in_nested_section_of_the_repo_file(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["isolation"]["quarantine_epoch"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "isolation.quarantine_epoch" in str(info.value)
+    assert "unknown key" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_all_errors_reported_at_once():
+    message = _error({"train": {"epoch": 3}, "partial": {"lr": -1.0}})
+    assert "train.epoch" in message
+    assert "partial.lr" in message
+
+
+@pytest.mark.parametrize("key, value", [
+    ("epochs", "x"),
+    ("epochs", 2.5),
+    ("lr", "fast"),
+    ("batch_size", [64]),
+])
+def test_wrong_type_names_the_key(key, value):
+    message = _error({"train": {key: value}})
+    assert f"train.{key}" in message
+
+
+def test_section_that_is_not_a_mapping():
+    message = _error({"train": 5})
+    assert "train" in message
+    assert "mapping" in message
+
+
+@pytest.mark.parametrize("raw", [[1, 2], "freeze_layers: 3", 42])
+def test_non_mapping_top_level(raw):
+    message = _error(raw)
+    assert "mapping" in message
+    assert type(raw).__name__ in message
+
+
+# --- value ranges -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rate", [0, 0.0, 1, 1.0, -0.1, 1.5, math.nan, math.inf])
+def test_poison_rate_out_of_range(rate):
+    message = _error({"attack": {"poison_rate": rate}})
+    assert "attack.poison_rate" in message
+
+
+@pytest.mark.parametrize("rate", [0.001, 0.1, 0.5, 0.999])
+def test_poison_rate_in_range(rate):
+    assert validate_params({"attack": {"poison_rate": rate}}).attack.poison_rate == rate
+
+
+def test_unknown_attack_lists_choices():
+    message = _error({"attack": {"name": "blend"}})
+    assert "attack.name" in message
+    assert "'blend'" in message
+    assert "badnets" in message
+
+
+def test_unknown_model_lists_choices():
+    message = _error({"model": {"name": "vgg16"}})
+    assert "model.name" in message
+    assert "vgg16" in message
+    assert "resnet_small" in message
+    assert "resnet18" in message
+
+
+@pytest.mark.parametrize("freeze", [5, 6, 64])
+def test_freeze_layers_too_large_for_resnet_small(freeze):
+    message = _error({"freeze_layers": freeze})
+    assert f"freeze_layers={freeze}" in message
+    assert "resnet_small" in message
+    assert "0..4" in message
+
+
+@pytest.mark.parametrize("freeze", [0, 1, 4])
+def test_freeze_layers_valid(freeze):
+    assert validate_params({"freeze_layers": freeze}).freeze_layers == freeze
+
+
+def test_freeze_layers_range_follows_the_model():
+    # resnet18 has six blocks: 5 is allowed there, 6 is not.
+    assert validate_params({"model": {"name": "resnet18"}, "freeze_layers": 5}).freeze_layers == 5
+    message = _error({"model": {"name": "resnet18"}, "freeze_layers": 6})
+    assert "0..5" in message
+
+
+def test_freeze_layers_negative():
+    assert "freeze_layers" in _error({"freeze_layers": -1})
+
+
+@pytest.mark.parametrize("label", [10, 11, 10_000])
+def test_target_label_out_of_range(label):
+    message = _error({"attack": {"target_label": label}})
+    assert f"target_label={label}" in message
+    assert "0..9" in message
+
+
+def test_target_label_negative():
+    assert "attack.target_label" in _error({"attack": {"target_label": -1}})
+
+
+def test_target_label_last_class_ok():
+    assert validate_params({"attack": {"target_label": 9}}).attack.target_label == 9
+
+
+def test_isolation_method_lists_valid_values():
+    message = _error({"isolation": {"method": "spectral"}})
+    assert "isolation.method" in message
+    assert "spectral" in message
+    assert "'ratio'" in message
+    assert "'quarantine'" in message
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"device": "tpu"}, "device"),
+    ({"partial": {"frozen_bn": "frozen"}}, "partial.frozen_bn"),
+    ({"finetune": {"init": "pretrained"}}, "finetune.init"),
+    ({"train": {"precision": "fp16"}}, "train.precision"),
+    ({"data": {"name": "cifar10"}}, "data.name"),
+    ({"data": {"train_limit": 0}}, "data.train_limit"),
+    ({"train": {"momentum": 1.0}}, "train.momentum"),
+])
+def test_other_invalid_values_name_their_key(raw, key):
+    assert key in _error(raw)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope" / "params.yaml"
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+    assert "not found" in str(info.value)
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(ParamsError):
+        load_params(tmp_path)
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: [3\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "not valid YAML" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_list_top_level(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert "mapping" in str(info.value)
+
+
+def test_params_error_is_a_value_error():
+    assert issubclass(ParamsError, ValueError)
+
+
+# --- digest -------------------------------------------------------------------------------------
+
+def test_digest_stable_for_equal_params():
+    a = validate_params({"freeze_layers": 2, "train": {"epochs": 5}})
+    b = validate_params({"train": {"epochs": 5}, "freeze_layers": 2})
+    assert a.digest() == b.digest()
+    assert a.digest() == a.digest()
+    assert len(a.digest()) == 12
+    int(a.digest(), 16)  # hex
+
+
+def test_digest_defaults_equal_explicit_defaults():
+    assert validate_params({}).digest() == validate_params({"freeze_layers": 3, "seed": 0}).digest()
+
+
+def test_digest_changes_with_freeze_layers():
+    assert validate_params({"freeze_layers": 2}).digest() != validate_params({"freeze_layers": 3}).digest()
+
+
+def test_digest_changes_with_nested_value():
+    assert validate_params({"attack": {"poison_rate": 0.1}}).digest() != \
+        validate_params({"attack": {"poison_rate": 0.2}}).digest()
