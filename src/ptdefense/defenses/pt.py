@@ -124,8 +124,8 @@ def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int
                          config: FitConfig, device: torch.device, seed: int) -> Isolation:
     """Progressive isolation through a quarantine class.
 
-    1. Seeds: the lowest-loss `seed_ratio` share under the partial model, kept only where their
-       label is a suspicious class (see `suspicious_classes`). They are few but nearly all poison.
+    1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
+       them, `seed_ratio` × N at most half of those classes. They are nearly all poison.
     2. A fresh model with one extra output, the quarantine class, is trained on the seeds relabelled
        to it, plus every sample whose label is not suspicious (all clean for an all-to-one attack).
        The only thing the seeds share across their varied content is the trigger, so the model
@@ -140,8 +140,11 @@ def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int
         details["note"] = "no class's lowest-loss samples look like poison: nothing isolated"
         return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
     in_suspicious = torch.isin(labels, torch.tensor(classes))
-    lowest = isolate_lowest_loss(losses, seed_ratio).isolated
-    seeds = lowest[in_suspicious[lowest]]
+    # Seeds: the lowest-loss samples within the suspicious classes, seed_ratio × N of them. Easy clean
+    # classes no longer compete for the seed budget, and more seeds teach the trigger better.
+    candidates = torch.nonzero(in_suspicious).flatten()
+    seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 2)
+    seeds = candidates[torch.sort(losses[candidates], stable=True).indices[:seed_count]]
     quarantine_label = num_classes
     relabelled = labels.clone()
     relabelled[seeds] = quarantine_label
