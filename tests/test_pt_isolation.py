@@ -9,8 +9,9 @@ import torch
 
 from ptdefense.attacks import build_attack
 from ptdefense.data import DatasetUnavailable, load_dataset
-from ptdefense.defenses.pt import (build_partial_model, isolate_lowest_loss, quarantine_isolation,
-                                   runner_up_diversity, suspicious_classes)
+from ptdefense.defenses.isolation import (isolate_lowest_loss, quarantine_isolation, runner_up_diversity,
+                                          suspicious_classes)
+from ptdefense.defenses.pt import build_partial_model
 from ptdefense.metrics import isolation_metrics
 from ptdefense.training import FitConfig, fit, predict_logits
 

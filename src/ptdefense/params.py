@@ -101,7 +101,7 @@ class PartialParams(OptimParams):
 class IsolationParams(_Section):
     # ratio: the lowest-loss `ratio` share, globally (naive PT).
     # quarantine: lowest-loss seeds in over-represented classes, then a quarantine class learns the
-    # trigger from them and catches the poison the seeds missed (see defenses/pt.py).
+    # trigger from them and catches the poison the seeds missed (see defenses/isolation.py).
     method: Literal["ratio", "quarantine"] = "quarantine"
     ratio: Ratio = 0.1
     seed_ratio: Ratio = 0.05
@@ -109,7 +109,7 @@ class IsolationParams(_Section):
     # (normalised entropy, 0..1): poison carries the content of many classes under one label.
     diversity_threshold: Ratio = 0.75
     quarantine_epochs: PositiveInt = 3
-    quarantine_threshold: Ratio = 0.5
+    quarantine_threshold: Ratio = 0.3
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "bf16"

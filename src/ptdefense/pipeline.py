@@ -215,8 +215,8 @@ def partial_train(params: Params) -> None:
 def isolate(params: Params) -> None:
     from ptdefense.artifacts import write_json
     from ptdefense.data.dataset import ImageSet
-    from ptdefense.defenses.pt import isolate_samples
-    from ptdefense.defenses.pt import write_isolation
+    from ptdefense.defenses.isolation import isolate_samples
+    from ptdefense.defenses.isolation import write_isolation
     from ptdefense.models.io import load_model
     from ptdefense.tracking import StageRun
 

@@ -1,0 +1,158 @@
+"""PT's isolation step: rank training samples under the partial model and pick the suspects.
+
+Two rules (isolation.method):
+- ratio: the lowest-loss `ratio` share, globally (naive PT);
+- quarantine (default): suspicious classes, then seeds and a quarantine class (see below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ptdefense.data.dataset import ImageSet
+from ptdefense.models import BlockNet, build_model
+from ptdefense.training import FitConfig, fit, predict_logits
+
+
+@dataclass
+class Isolation:
+    isolated: torch.Tensor  # sorted int64 indices of the suspects
+    scores: torch.Tensor  # per-sample suspicion score used for the ranking (higher = more suspicious)
+    details: dict = field(default_factory=dict)
+
+
+def isolate_lowest_loss(losses: torch.Tensor, ratio: float) -> Isolation:
+    """The naive rule: the `ratio` share of samples with the lowest loss, globally."""
+    count = round(ratio * losses.numel())
+    # Stable sort: ties (e.g. losses of exactly 0) are broken by index, so the result is reproducible.
+    order = torch.sort(losses, stable=True).indices
+    isolated = torch.sort(order[:count]).values
+    threshold = float(losses[order[count - 1]]) if count else float("-inf")
+    return Isolation(isolated, -losses, {"loss_threshold": threshold})
+
+
+def runner_up_diversity(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Normalised entropy (0..1) of the runner-up class over a set of samples with one label.
+
+    Samples of a clean class are confused with a few similar classes (a T-shirt with a shirt), so
+    their runner-up classes concentrate. Dirty-label poison carries the content of many classes
+    under one label, so its runner-ups spread over all of them.
+    """
+    masked = logits.clone()
+    masked[torch.arange(labels.numel()), labels] = float("-inf")
+    counts = torch.bincount(masked.argmax(1), minlength=num_classes).float()
+    shares = counts[counts > 0] / counts.sum()
+    entropy = float(-(shares * shares.log()).sum())
+    return entropy / float(torch.log(torch.tensor(float(max(2, num_classes - 1)))))
+
+
+def suspicious_classes(logits: torch.Tensor, labels: torch.Tensor, seed_ratio: float, num_classes: int,
+                       diversity_threshold: float) -> tuple[list[int], dict[str, float]]:
+    """Labels whose lowest-loss samples look like poison: many, and of diverse content.
+
+    Easy clean classes (trousers in Fashion-MNIST) also fill the lowest-loss set, so being
+    over-represented there is not enough; the runner-up diversity tells the two apart.
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    lowest = isolate_lowest_loss(losses, seed_ratio).isolated
+    minimum = max(20, round(0.02 * lowest.numel()))
+    diversity: dict[str, float] = {}
+    for label in range(num_classes):
+        members = lowest[labels[lowest] == label]
+        if members.numel() >= minimum:
+            diversity[str(label)] = runner_up_diversity(logits[members], labels[members], num_classes)
+    flagged = [int(label) for label, value in diversity.items() if value >= diversity_threshold]
+    return flagged, diversity
+
+
+def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int, architecture: str,
+                         width: int | None, seed_ratio: float, diversity_threshold: float, threshold: float,
+                         config: FitConfig, device: torch.device, seed: int) -> Isolation:
+    """Progressive isolation through a quarantine class.
+
+    1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
+       them, `seed_ratio` × N at most half of those classes. They are nearly all poison.
+    2. A fresh model with one extra output, the quarantine class, is trained on the seeds relabelled
+       to it, plus every sample whose label is not suspicious (all clean for an all-to-one attack),
+       plus as many "anchors": the highest-loss samples of the suspicious classes, under their label.
+       The samples in between, where residual poison hides, are left out.
+       The only thing the seeds share across their varied content is the trigger, so the model
+       learns "trigger → quarantine", and generalises it to the poison the seeds missed.
+    3. Isolated: samples of the suspicious classes whose quarantine probability exceeds `threshold`.
+    """
+    labels = train.labels
+    losses = F.cross_entropy(logits, labels, reduction="none")
+    classes, diversity = suspicious_classes(logits, labels, seed_ratio, num_classes, diversity_threshold)
+    details: dict = {"suspicious_classes": classes, "runner_up_diversity": diversity}
+    if not classes:
+        details["note"] = "no class's lowest-loss samples look like poison: nothing isolated"
+        return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
+    in_suspicious = torch.isin(labels, torch.tensor(classes))
+    # Seeds: the lowest-loss samples within the suspicious classes, seed_ratio × N of them. Easy clean
+    # classes no longer compete for the seed budget, and more seeds teach the trigger better.
+    candidates = torch.nonzero(in_suspicious).flatten()
+    seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 2)
+    seeds = candidates[torch.sort(losses[candidates], stable=True).indices[:seed_count]]
+    # Anchors: as many of the highest-loss samples of the suspicious classes, kept under their label,
+    # so that the clean content of those classes has a home other than the quarantine class.
+    anchors = candidates[torch.sort(losses[candidates], stable=True, descending=True).indices[:seed_count]]
+    quarantine_label = num_classes
+    relabelled = labels.clone()
+    relabelled[seeds] = quarantine_label
+    training = ~in_suspicious
+    training[seeds] = True
+    training[anchors] = True
+    chosen = torch.nonzero(training).flatten()
+    torch.manual_seed(seed)
+    model = build_model(architecture, train.images.shape[1], num_classes + 1, width)
+    fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed, description="quarantine")
+    probabilities = predict_logits(model, train.images, device, description="quarantine scores").softmax(1)
+    quarantine_probability = probabilities[:, quarantine_label]
+    isolated = torch.nonzero(in_suspicious & (quarantine_probability > threshold)).flatten()
+    details.update({"seed_count": int(seeds.numel()), "anchor_count": int(anchors.numel()),
+                    "quarantine_training_count": int(chosen.numel())})
+    return Isolation(isolated, quarantine_probability, details)
+
+
+def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
+                    width: int | None, device: torch.device, seed: int) -> tuple[Isolation, torch.Tensor]:
+    """Per-sample loss under the partial model, then the isolation rule chosen in params."""
+    logits = predict_logits(model, train.images, device, settings.batch_size, description="partial-model logits")
+    losses = F.cross_entropy(logits, train.labels, reduction="none")
+    if settings.method == "ratio":
+        result = isolate_lowest_loss(losses, settings.ratio)
+    elif settings.method == "quarantine":
+        config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
+                           lr=settings.lr, precision=settings.precision)
+        result = quarantine_isolation(logits, train, num_classes, architecture, width, settings.seed_ratio,
+                                      settings.diversity_threshold, settings.quarantine_threshold, config, device, seed)
+    else:  # the params schema only admits the methods above
+        raise ValueError(f"unknown isolation method {settings.method!r}")
+    return result, losses
+
+
+def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.Tensor, result: Isolation) -> None:
+    """losses.csv (one row per sample, most suspicious first) and isolated.npz (the indices)."""
+    import csv
+    import io
+
+    import numpy as np
+
+    from ptdefense.artifacts import atomic_path, write_text
+
+    isolated_mask = torch.zeros(labels.numel(), dtype=torch.bool)
+    isolated_mask[result.isolated] = True
+    order = torch.sort(-result.scores, stable=True).indices
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", "index", "label", "partial_loss", "suspicion_score", "isolated"])
+    for rank, index in enumerate(order.tolist(), start=1):
+        writer.writerow([rank, index, int(labels[index]), f"{float(losses[index]):.6g}",
+                         f"{float(result.scores[index]):.6g}", int(isolated_mask[index])])
+    write_text(csv_path, buffer.getvalue())
+    with atomic_path(indices_path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, isolated_indices=result.isolated.numpy().astype(np.int64),
+                 partial_losses=losses.numpy().astype(np.float32), suspicion_scores=result.scores.numpy().astype(np.float32))
