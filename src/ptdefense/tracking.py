@@ -1,7 +1,7 @@
 """MLflow logging for the stages: store resolution, run grouping, and failure policy.
 
 Grouping: every stage run is a child of one parent run per pipeline, keyed by the DVC experiment
-name when `dvc exp run` sets one, else by the digest of the validated params. The parent holds all
+name when `dvc exp run` sets one, else by the digest of the validated params and the git commit. The parent holds all
 params, so two experiments (say freeze_layers 1 against 3) sit side by side in the MLflow UI;
 every run also carries the tags `ptdefense.pipeline`, `ptdefense.params_digest` and
 `ptdefense.stage` for filtering.
@@ -62,7 +62,11 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def pipeline_key(params: Params) -> str:
-    return os.environ.get("DVC_EXP_NAME") or f"params-{params.digest()}"
+    """The DVC experiment's name under `dvc exp run`; else the params digest at the git commit."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    commit = _git_commit()
+    return f"params-{params.digest()}" + (f"@{commit[:8]}" if commit else "")
 
 
 def _git_commit() -> str | None:
