@@ -105,9 +105,10 @@ class IsolationParams(_Section):
     method: Literal["ratio", "quarantine"] = "quarantine"
     ratio: Ratio = 0.1
     seed_ratio: Ratio = 0.05
-    # A label is suspicious when the runner-up classes of its lowest-loss samples are this diverse
-    # (normalised entropy, 0..1): poison carries the content of many classes under one label.
-    diversity_threshold: Ratio = 0.75
+    # A label is suspicious when the runner-up classes of its lowest-loss samples are more diverse
+    # (normalised entropy, 0..1) than the other labels' median by this margin: poison carries the
+    # content of many classes under one label.
+    diversity_margin: Ratio = 0.25
     quarantine_epochs: PositiveInt = 3
     quarantine_threshold: Ratio = 0.3
     lr: PositiveFloat = 0.05

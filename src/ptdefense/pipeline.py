@@ -62,6 +62,12 @@ def _stage_params(params: Params, *sections: str) -> dict:
     return picked
 
 
+def _not_per_epoch(final: dict, history: list[dict], evaluated: bool = False) -> dict:
+    """Final metrics minus those already logged per epoch (MLflow would add a stray step-0 point)."""
+    per_epoch = set(history[-1]) | ({"clean_accuracy", "attack_success_rate"} if evaluated else set())
+    return {key: value for key, value in final.items() if key not in per_epoch}
+
+
 def _epoch_logger(run, prefix: str, evaluate: Callable[[], dict] | None = None):
     def on_epoch_end(epoch: int, stats: dict) -> None:
         extra = evaluate() if evaluate else {}
@@ -175,7 +181,7 @@ def train_backdoored(params: Params) -> None:
         final = {**history[-1], **_test_evaluator(model, device)(), "wall_seconds": time.perf_counter() - started,
                  "sample_epochs": config.epochs * len(train)}
         write_json(METRICS_DIR / "train_backdoored.json", final)
-        run.log_metrics(final)
+        run.log_metrics(_not_per_epoch(final, history, evaluated=True))
         run.log_artifact(BACKDOORED_MODEL)
 
 
@@ -208,7 +214,7 @@ def partial_train(params: Params) -> None:
                  "total_parameters": sum(p.numel() for p in model.parameters()),
                  "sample_epochs": config.epochs * len(train)}
         write_json(METRICS_DIR / "partial_train.json", final)
-        run.log_metrics(final)
+        run.log_metrics(_not_per_epoch(final, history))
         run.log_artifact(PARTIAL_MODEL)
 
 
@@ -271,7 +277,7 @@ def finetune(params: Params) -> None:
         final = {**history[-1], "retained_count": len(retained), "isolated_count": len(suspects),
                  "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(retained)}
         write_json(METRICS_DIR / "finetune.json", final)
-        run.log_metrics(final)
+        run.log_metrics(_not_per_epoch(final, history, evaluated=True))
         run.log_artifact(DEFENDED_MODEL)
 
 

@@ -50,11 +50,13 @@ def runner_up_diversity(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 
 
 def suspicious_classes(logits: torch.Tensor, labels: torch.Tensor, seed_ratio: float, num_classes: int,
-                       diversity_threshold: float) -> tuple[list[int], dict[str, float]]:
-    """Labels whose lowest-loss samples look like poison: many, and of diverse content.
+                       diversity_margin: float) -> tuple[list[int], dict[str, float]]:
+    """Labels whose lowest-loss samples look like poison: of far more diverse content than the rest.
 
-    Easy clean classes (trousers in Fashion-MNIST) also fill the lowest-loss set, so being
-    over-represented there is not enough; the runner-up diversity tells the two apart.
+    Easy clean classes (trousers in Fashion-MNIST) also fill the lowest-loss set, so being there
+    is not enough. A label is flagged when its runner-up diversity exceeds the median diversity of
+    the other labels present there by `diversity_margin` (a relative test: how diverse a clean
+    class looks depends on the dataset and on how long the partial model trained).
     """
     losses = F.cross_entropy(logits, labels, reduction="none")
     lowest = isolate_lowest_loss(losses, seed_ratio).isolated
@@ -64,12 +66,17 @@ def suspicious_classes(logits: torch.Tensor, labels: torch.Tensor, seed_ratio: f
         members = lowest[labels[lowest] == label]
         if members.numel() >= minimum:
             diversity[str(label)] = runner_up_diversity(logits[members], labels[members], num_classes)
-    flagged = [int(label) for label, value in diversity.items() if value >= diversity_threshold]
+    flagged = []
+    for label, value in diversity.items():
+        others = [other for key, other in diversity.items() if key != label]
+        reference = float(torch.tensor(others).median()) if others else 0.5
+        if value >= reference + diversity_margin:
+            flagged.append(int(label))
     return flagged, diversity
 
 
 def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int, architecture: str,
-                         width: int | None, seed_ratio: float, diversity_threshold: float, threshold: float,
+                         width: int | None, seed_ratio: float, diversity_margin: float, threshold: float,
                          config: FitConfig, device: torch.device, seed: int) -> Isolation:
     """Progressive isolation through a quarantine class.
 
@@ -85,7 +92,7 @@ def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int
     """
     labels = train.labels
     losses = F.cross_entropy(logits, labels, reduction="none")
-    classes, diversity = suspicious_classes(logits, labels, seed_ratio, num_classes, diversity_threshold)
+    classes, diversity = suspicious_classes(logits, labels, seed_ratio, num_classes, diversity_margin)
     details: dict = {"suspicious_classes": classes, "runner_up_diversity": diversity}
     if not classes:
         details["note"] = "no class's lowest-loss samples look like poison: nothing isolated"
@@ -128,7 +135,7 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
                            lr=settings.lr, precision=settings.precision)
         result = quarantine_isolation(logits, train, num_classes, architecture, width, settings.seed_ratio,
-                                      settings.diversity_threshold, settings.quarantine_threshold, config, device, seed)
+                                      settings.diversity_margin, settings.quarantine_threshold, config, device, seed)
     else:  # the params schema only admits the methods above
         raise ValueError(f"unknown isolation method {settings.method!r}")
     return result, losses
