@@ -31,6 +31,13 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid. The message names the key and the fix."""
 
 
+def _registered(value: str, kind: str, names: list[str]) -> str:
+    """Registry names are open-ended (a new attack is one new module), so they are checked, not typed."""
+    if value not in names:
+        raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(names)}")
+    return value
+
+
 class _Section(BaseModel):
     # strict: "3" or true are not silently read as 3 or 1 (YAML turns `yes` into true).
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
@@ -54,12 +61,7 @@ class AttackParams(_Section):
     patch_size: Annotated[int, Field(ge=1, le=64)] = 3
     patch_value: Annotated[int, Field(ge=0, le=255)] = 255
 
-    @field_validator("name")
-    @classmethod
-    def _known_attack(cls, value: str) -> str:
-        if value not in attack_names():
-            raise ValueError(f"unknown attack {value!r}; valid choices: {', '.join(attack_names())}")
-        return value
+    _known_attack = field_validator("name")(lambda value: _registered(value, "attack", attack_names()))
 
 
 class ModelParams(_Section):
@@ -67,12 +69,7 @@ class ModelParams(_Section):
     # Channel width of the first stage; null = the model's own default (16 for resnet_small).
     width: Annotated[int, Field(ge=4, le=512)] | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        if value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid choices: {', '.join(model_names())}")
-        return value
+    _known_model = field_validator("name")(lambda value: _registered(value, "model", model_names()))
 
 
 class OptimParams(_Section):
