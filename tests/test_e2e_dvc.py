@@ -73,6 +73,31 @@ def workspace(tmp_path_factory) -> Path:
     return target
 
 
+_QUERY = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(sys.argv[1])
+experiment = client.get_experiment_by_name("ptdefense")
+runs = []
+for run in client.search_runs([experiment.experiment_id], sys.argv[2]):
+    runs.append({"run_id": run.info.run_id, "status": run.info.status, "tags": run.data.tags,
+                 "params": run.data.params, "metrics": run.data.metrics,
+                 "train_loss_steps": [p.step for p in client.get_metric_history(run.info.run_id, "train_loss")]})
+parents = {run["tags"].get("mlflow.parentRunId") for run in runs} - {None}
+print(json.dumps({"runs": runs, "parents": {pid: client.get_run(pid).data.params for pid in parents}}))
+"""
+
+
+def _mlflow_runs(workspace: Path, filter_string: str) -> dict:
+    """Query the tracking store through MlflowClient, in a child process.
+
+    Keeping mlflow (sqlalchemy, pyarrow, pandas, each with native threads) out of the test
+    process leaves the unit tests that train torch models in a process of their own making.
+    """
+    result = _run([sys.executable, "-c", _QUERY, f"sqlite:///{workspace / 'mlflow.db'}", filter_string], workspace)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def reproduced(workspace: Path) -> subprocess.CompletedProcess:
     return _run(["dvc", "repro"], workspace)
@@ -104,28 +129,23 @@ def test_status_is_clean_and_metrics_show(workspace, reproduced):
 
 
 def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
-    from mlflow.tracking import MlflowClient
-
-    store = workspace / "mlflow.db"
-    assert store.is_file(), "the default store is sqlite:///<repo root>/mlflow.db"
-    client = MlflowClient(f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("ptdefense")
-    stage_runs = client.search_runs([experiment.experiment_id], "tags.`ptdefense.role` = 'stage'")
-    assert sorted(run.data.tags["ptdefense.stage"] for run in stage_runs) == sorted(STAGES)
-    parents = {run.data.tags["mlflow.parentRunId"] for run in stage_runs}
-    groups = {run.data.tags["ptdefense.pipeline"] for run in stage_runs}
+    assert (workspace / "mlflow.db").is_file(), "the default store is sqlite:///<repo root>/mlflow.db"
+    queried = _mlflow_runs(workspace, "tags.`ptdefense.role` = 'stage'")
+    stage_runs = queried["runs"]
+    assert sorted(run["tags"]["ptdefense.stage"] for run in stage_runs) == sorted(STAGES)
+    parents = {run["tags"]["mlflow.parentRunId"] for run in stage_runs}
+    groups = {run["tags"]["ptdefense.pipeline"] for run in stage_runs}
     assert len(parents) == 1 and len(groups) == 1
-    parent = client.get_run(parents.pop())
-    assert parent.data.params["freeze_layers"] == "3"  # the parent holds every param, for side-by-side comparison
-    by_stage = {run.data.tags["ptdefense.stage"]: run for run in stage_runs}
-    assert by_stage["partial-train"].data.params["freeze_layers"] == "3"
-    assert by_stage["train-backdoored"].data.params["train.epochs"] == "2"
-    assert "attack_success_rate" in by_stage["train-backdoored"].data.metrics
-    history = client.get_metric_history(by_stage["train-backdoored"].info.run_id, "train_loss")
-    assert [point.step for point in history] == [1, 2]  # per-epoch metrics
-    assert "defended.attack_success_rate" in by_stage["evaluate"].data.metrics
-    assert "isolation.isolation_recall" in by_stage["evaluate"].data.metrics
-    assert all(run.info.status == "FINISHED" for run in stage_runs)
+    parent_params = queried["parents"][parents.pop()]
+    assert parent_params["freeze_layers"] == "3"  # the parent holds every param, for side-by-side comparison
+    by_stage = {run["tags"]["ptdefense.stage"]: run for run in stage_runs}
+    assert by_stage["partial-train"]["params"]["freeze_layers"] == "3"
+    assert by_stage["train-backdoored"]["params"]["train.epochs"] == "2"
+    assert "attack_success_rate" in by_stage["train-backdoored"]["metrics"]
+    assert by_stage["train-backdoored"]["train_loss_steps"] == [1, 2]  # per-epoch metrics
+    assert "defended.attack_success_rate" in by_stage["evaluate"]["metrics"]
+    assert "isolation.isolation_recall" in by_stage["evaluate"]["metrics"]
+    assert all(run["status"] == "FINISHED" for run in stage_runs)
 
 
 def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduced):
@@ -137,13 +157,9 @@ def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduc
     assert "Stage 'poison-data' didn't change, skipping" in result.stdout
     assert "Stage 'train-backdoored' didn't change, skipping" in result.stdout
 
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("ptdefense")
-    runs = client.search_runs([experiment.experiment_id], "tags.`ptdefense.pipeline` = 'freeze2' and tags.`ptdefense.role` = 'stage'")
-    assert sorted(run.data.tags["ptdefense.stage"] for run in runs) == ["evaluate", "finetune", "isolate", "partial-train"]
-    assert {run.data.tags["freeze_layers"] for run in runs} == {"2"}
+    runs = _mlflow_runs(workspace, "tags.`ptdefense.pipeline` = 'freeze2' and tags.`ptdefense.role` = 'stage'")["runs"]
+    assert sorted(run["tags"]["ptdefense.stage"] for run in runs) == ["evaluate", "finetune", "isolate", "partial-train"]
+    assert {run["tags"]["freeze_layers"] for run in runs} == {"2"}
 
 
 def test_bad_params_fail_before_any_work_with_a_clear_message(workspace, reproduced):
