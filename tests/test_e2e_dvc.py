@@ -84,7 +84,8 @@ for run in client.search_runs([experiment.experiment_id], sys.argv[2]):
                  "params": run.data.params, "metrics": run.data.metrics,
                  "train_loss_steps": [p.step for p in client.get_metric_history(run.info.run_id, "train_loss")]})
 parents = {run["tags"].get("mlflow.parentRunId") for run in runs} - {None}
-print(json.dumps({"runs": runs, "parents": {pid: client.get_run(pid).data.params for pid in parents}}))
+print(json.dumps({"runs": runs, "parents": {pid: client.get_run(pid).data.params for pid in parents},
+                  "parent_metrics": {pid: client.get_run(pid).data.metrics for pid in parents}}))
 """
 
 
@@ -136,8 +137,10 @@ def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
     parents = {run["tags"]["mlflow.parentRunId"] for run in stage_runs}
     groups = {run["tags"]["ptdefense.pipeline"] for run in stage_runs}
     assert len(parents) == 1 and len(groups) == 1
-    parent_params = queried["parents"][parents.pop()]
-    assert parent_params["freeze_layers"] == "3"  # the parent holds every param, for side-by-side comparison
+    parent = parents.pop()
+    # The parent holds every param and the headline metrics, for side-by-side comparison in the UI.
+    assert queried["parents"][parent]["freeze_layers"] == "3"
+    assert "defended.attack_success_rate" in queried["parent_metrics"][parent]
     by_stage = {run["tags"]["ptdefense.stage"]: run for run in stage_runs}
     assert by_stage["partial-train"]["params"]["freeze_layers"] == "3"
     assert by_stage["train-backdoored"]["params"]["train.epochs"] == "2"

@@ -289,5 +289,6 @@ def evaluate(params: Params) -> None:
     with StageRun("evaluate", params, _stage_params(params, "attack")) as run:
         metrics, artifacts = evaluate_pipeline(params, device)
         run.log_metrics(metrics)
+        run.log_pipeline_metrics(metrics)
         for path in artifacts:
             run.log_artifact(path)

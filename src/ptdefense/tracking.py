@@ -194,6 +194,20 @@ class StageRun:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self._guard("log metrics", mlflow.log_metrics, clean, step=step)
 
+    def log_pipeline_metrics(self, metrics: Mapping[str, float | int | None]) -> None:
+        """Copy the headline metrics onto the parent run, so comparing parents shows params and results."""
+        if not self.parent_run_id:
+            return
+        import time as _time
+
+        import mlflow
+
+        stamp = int(_time.time() * 1000)
+        entries = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        client = mlflow.tracking.MlflowClient(tracking_uri(self.params))
+        self._guard("log the pipeline's metrics", client.log_batch, self.parent_run_id, metrics=entries)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow
 
