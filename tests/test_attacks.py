@@ -8,7 +8,6 @@ import torch
 from ptdefense.attacks import attack_names, build_attack
 from ptdefense.data import ImageSet
 
-torch.set_num_threads(1)
 
 TARGET = 0
 

@@ -16,7 +16,6 @@ from ptdefense.data import DatasetUnavailable, ImageSet, dataset_num_classes, lo
 from ptdefense.data import loaders
 from ptdefense.data.dataset import load_npz
 
-torch.set_num_threads(1)
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 TEST_IMAGES, TEST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"

@@ -15,7 +15,6 @@ from ptdefense.models import build_model, model_names, num_blocks
 from ptdefense.models.io import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 from ptdefense.training import FitConfig, fit, predict_logits
 
-torch.set_num_threads(1)
 CPU = torch.device("cpu")
 BLOCKS = ["stem", "layer1", "layer2", "layer3", "head"]
 

@@ -13,7 +13,6 @@ from ptdefense.models import build_model
 from ptdefense.training import (FitConfig, fit, per_sample_loss, predict, predict_logits, suppression_loss,
                                 to_input)
 
-torch.set_num_threads(1)
 CPU = torch.device("cpu")
 CONFIG = FitConfig(epochs=2, batch_size=32, lr=0.1, precision="fp32")
 

@@ -43,15 +43,10 @@ def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml")
 
 
 def _setup(params: Params):
-    import torch
-
     from ptdefense.training import pick_device, seed_everything
 
     seed_everything(params.seed)
-    device = pick_device(params.device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-    return device
+    return pick_device(params.device)
 
 
 def _stage_params(params: Params, *sections: str) -> dict:

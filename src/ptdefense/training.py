@@ -59,6 +59,17 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def training_memory_format(batch_sizes: set[int]) -> torch.memory_format:
+    """channels_last (faster on CPU) only when every training batch has an even size.
+
+    On torch 2.14.1's CPU build, training in channels_last on a batch of odd size (3, 5, 21, 85
+    and 101 images were tried) corrupted the heap: `MALLOC_CHECK_=3` aborts at once, and without
+    it the process crashed later. Even sizes (4, 6, 96, 128) were clean, so any odd batch falls
+    back to the default layout for the whole fit.
+    """
+    return torch.channels_last if all(size % 2 == 0 for size in batch_sizes) else torch.contiguous_format
+
+
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 (N, C, H, W) → float in [-1, 1], channels_last (faster convolutions on CPU)."""
     batch = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
@@ -97,7 +108,11 @@ def fit(
     If `sample_losses` (float32, epochs × N) is given, each sample's training loss in each epoch
     is written into it: a loss trajectory for free, since the forward pass computes it anyway.
     """
-    model.to(device=device, memory_format=torch.channels_last)
+    suppress_size = max(1, round(config.batch_size * len(suppress) / len(train))) if suppress is not None and len(suppress) else 0
+    remainder = len(train) % config.batch_size
+    batch_sizes = {min(config.batch_size, len(train)) + suppress_size} | ({remainder + suppress_size} if remainder else set())
+    memory_format = training_memory_format(batch_sizes)
+    model.to(device=device, memory_format=memory_format)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters")
@@ -125,12 +140,11 @@ def fit(
             if suppress_order is not None:
                 # Cycle through the suspects, a few per step in proportion to their share, in the same
                 # forward pass (one batch, so BatchNorm never sees a tiny batch of suspects alone).
-                size = max(1, round(config.batch_size * len(suppress) / len(train)))
-                start = (step * size) % len(suppress)
-                chosen = suppress_order[torch.arange(start, start + size) % len(suppress)]
+                start = (step * suppress_size) % len(suppress)
+                chosen = suppress_order[torch.arange(start, start + suppress_size) % len(suppress)]
                 images = torch.cat([images, suppress.images[chosen]])
             with _autocast(device, config.precision):
-                all_logits = model(to_input(images, device))
+                all_logits = model(to_input(images, device).contiguous(memory_format=memory_format))
                 logits = all_logits[: len(index)]
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 loss = losses.mean()
