@@ -22,7 +22,7 @@ def make_set(n: int, seed: int = 0, shape=(1, 28, 28), num_classes: int = 10) ->
 
 def badnets(poison_rate: float = 0.1, seed: int = 0, target_label: int = TARGET):
     return build_attack("badnets", 10, poison_rate=poison_rate, target_label=target_label, seed=seed,
-                        patch_size=3, patch_value=255)
+                        settings={"patch_size": 3, "patch_value": 255})
 
 
 def patch_mask(shape) -> torch.Tensor:
@@ -172,7 +172,8 @@ def test_apply_trigger_is_pure():
 
 
 def test_apply_trigger_patch_value_and_size():
-    attack = build_attack("badnets", 10, poison_rate=0.1, target_label=0, seed=0, patch_size=5, patch_value=17)
+    attack = build_attack("badnets", 10, poison_rate=0.1, target_label=0, seed=0,
+                          settings={"patch_size": 5, "patch_value": 17})
     out = attack.apply_trigger(torch.zeros(2, 1, 10, 10, dtype=torch.uint8))
     assert int((out == 17).sum()) == 2 * 25
     assert bool((out[..., -5:, -5:] == 17).all())

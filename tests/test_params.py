@@ -55,10 +55,11 @@ def test_defaults(raw):
     assert params.data.name == "fashion_mnist"
     assert params.data.train_limit is None
     assert params.attack.name == "badnets"
-    assert params.attack.poison_rate == 0.1
+    assert params.attack.poison_rate is None  # the attack's standard rate
     assert params.attack.target_label == 0
-    assert params.attack.patch_size == 3
-    assert params.attack.patch_value == 255
+    assert params.attack.badnets.patch_size == 3
+    assert params.attack.badnets.patch_value == 255
+    assert params.attack.settings() == params.attack.badnets
     assert params.model.name == "resnet_small"
     assert params.model.width is None
     assert params.train.epochs == 3
@@ -153,10 +154,30 @@ def test_poison_rate_in_range(rate):
 
 
 def test_unknown_attack_lists_choices():
-    message = _error({"attack": {"name": "blend"}})
+    message = _error({"attack": {"name": "blended"}})
     assert "attack.name" in message
-    assert "'blend'" in message
-    assert "badnets" in message
+    assert "'blended'" in message
+    for name in ("badnets", "badnets_all2all", "blend", "label_consistent", "sig", "trojan", "wanet"):
+        assert name in message
+
+
+def test_each_attack_has_its_own_section():
+    params = validate_params({"attack": {"name": "wanet", "wanet": {"k": 8, "s": 1.0}}})
+    assert params.attack.settings().k == 8 and params.attack.settings().s == 1.0
+    assert params.attack.settings().cross_ratio == 2.0  # untouched keys keep their defaults
+    assert validate_params({"attack": {"name": "blend", "blend": {"alpha": 0.1}}}).attack.settings().alpha == 0.1
+
+
+@pytest.mark.parametrize("section, message_part", [
+    ({"blend": {"alpha": 1.5}}, "attack.blend.alpha"),
+    ({"blend": {"opacity": 0.2}}, "attack.blend.opacity: unknown key"),
+    ({"wanet": {"k": 1}}, "attack.wanet.k"),
+    ({"sig": {"delta": -3.0}}, "attack.sig.delta"),
+    ({"label_consistent": {"surrogate_model": "vgg"}}, "valid choices"),
+    ({"kitty": {}}, "attack.kitty: unknown key"),
+])
+def test_bad_attack_settings(section, message_part):
+    assert message_part in _error({"attack": section})
 
 
 def test_unknown_model_lists_choices():

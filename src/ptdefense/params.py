@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from ptdefense.attacks import attack_names
+from ptdefense.attacks import attack_class, attack_names
 from ptdefense.models import model_names
+from ptdefense.schema import StrictSection
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -38,9 +39,7 @@ def _registered(value: str, kind: str, names: list[str]) -> str:
     return value
 
 
-class _Section(BaseModel):
-    # strict: "3" or true are not silently read as 3 or 1 (YAML turns `yes` into true).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+_Section = StrictSection
 
 
 class DataParams(_Section):
@@ -54,14 +53,26 @@ class DataParams(_Section):
     test_limit: PositiveInt | None = None
 
 
-class AttackParams(_Section):
+class _AttackCommon(_Section):
     name: str = "badnets"
-    poison_rate: Ratio = 0.1
+    # Share of the whole training set that is poisoned; null = the attack's standard rate
+    # (10% for dirty-label attacks, half of the target class for clean-label ones).
+    poison_rate: Ratio | None = None
     target_label: Annotated[int, Field(ge=0, le=10_000)] = 0
-    patch_size: Annotated[int, Field(ge=1, le=64)] = 3
-    patch_value: Annotated[int, Field(ge=0, le=255)] = 255
 
     _known_attack = field_validator("name")(lambda value: _registered(value, "attack", attack_names()))
+
+    def settings(self) -> StrictSection:
+        """The chosen attack's own section (attack.<name>)."""
+        return getattr(self, self.name)
+
+
+# One sub-section per registered attack, typed by the attack's own Settings: a new attack module
+# brings its params section with it.
+AttackParams = create_model(
+    "AttackParams", __base__=_AttackCommon,
+    **{name: (attack_class(name).Settings, attack_class(name).Settings()) for name in attack_names()},
+)
 
 
 class ModelParams(_Section):

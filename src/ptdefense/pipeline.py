@@ -96,48 +96,50 @@ def _test_evaluator(model, device):
 
 # ---------------------------------------------------------------------------------------------
 def poison_data(params: Params) -> None:
-    import torch
+    import numpy as np
 
-    from ptdefense.artifacts import resolve_path, write_json
+    from ptdefense.artifacts import atomic_path, resolve_path, write_json
     from ptdefense.attacks import build_attack
     from ptdefense.data import dataset_num_classes, load_dataset
     from ptdefense.plots import plot_poison_examples
     from ptdefense.tracking import StageRun
 
-    _setup(params)
+    device = _setup(params)
     num_classes = dataset_num_classes(params.data.name)
-    attack_settings = params.attack.model_dump()
-    attack = build_attack(attack_settings.pop("name"), num_classes, seed=params.seed, **attack_settings)
+    attack = build_attack(params.attack.name, num_classes, params.attack.poison_rate, params.attack.target_label,
+                          params.seed, params.attack.settings())
     with StageRun("poison-data", params, _stage_params(params, "data", "attack")) as run:
         train, test = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
                                    params.data.train_limit, params.data.test_limit)
-        poisoned = attack.poison(train)
+        try:
+            poisoned = attack.poison(train, device)
+        except ValueError as error:  # e.g. more victims asked for than the data has
+            raise ParamsError(f"attack {attack.name!r} cannot poison this data: {error}") from None
         triggered = attack.triggered_test(test)
         poisoned.data.save(TRAIN_SET)
         test.save(TEST_CLEAN)
         triggered.data.save(TEST_TRIGGERED, attack_targets=triggered.attack_targets.numpy())
-        from ptdefense.artifacts import atomic_path
-        import numpy as np
-
         with atomic_path(TRUTH) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, poison_indices=poisoned.poison_indices.numpy())
+            np.savez(handle, poison_indices=poisoned.poison_indices.numpy(),
+                     cross_indices=poisoned.cross_indices.numpy())
         summary = {
             "train_size": len(poisoned.data),
             "test_size": len(test),
             "triggered_test_size": len(triggered.data),
             "poison_count": int(poisoned.poison_indices.numel()),
             "poison_share": poisoned.poison_indices.numel() / len(poisoned.data),
+            "cross_count": int(poisoned.cross_indices.numel()),
+            "clean_label": int(attack.clean_label),
             "num_classes": num_classes,
             "image_shape": list(poisoned.data.image_shape),
         }
         write_json(METRICS_DIR / "poison.json", summary)
         examples = PLOTS_DIR / "poison_examples.png"
         plot_poison_examples(train, poisoned, examples, attack.name)
-        run.log_metrics(summary)
+        run.log_metrics({key: value for key, value in summary.items() if key != "image_shape"})
         run.log_artifact(examples)
         print(f"poisoned {summary['poison_count']} of {summary['train_size']} training samples "
               f"({attack.name}, target {params.attack.target_label})", file=sys.stderr)
-        del torch
 
 
 def _dataset_spec(params: Params, train) -> dict:

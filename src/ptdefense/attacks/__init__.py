@@ -1,8 +1,10 @@
 """Backdoor attacks: a shared interface and a registry by name (one module per attack)."""
 
-from ptdefense.attacks.base import Attack, PoisonedTrainSet, TriggeredTestSet, attack_names, build_attack, register_attack
+from ptdefense.attacks.base import (Attack, PoisonedTrainSet, TriggeredTestSet, attack_class, attack_names,
+                                    build_attack, register_attack)
 
-# Importing a module registers its attack.
-from ptdefense.attacks import badnets  # noqa: E402,F401
+# Importing a module registers its attack: adding an attack is one new module listed here.
+from ptdefense.attacks import badnets, blend, label_consistent, sig, trojan, wanet  # noqa: E402,F401
 
-__all__ = ["Attack", "PoisonedTrainSet", "TriggeredTestSet", "attack_names", "build_attack", "register_attack"]
+__all__ = ["Attack", "PoisonedTrainSet", "TriggeredTestSet", "attack_class", "attack_names", "build_attack",
+           "register_attack"]

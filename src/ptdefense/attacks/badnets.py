@@ -1,25 +1,43 @@
-"""BadNets (Gu et al., 2017): a small solid patch in the bottom-right corner, all-to-one."""
+"""BadNets (Gu et al., 2017): a small solid patch in the bottom-right corner, all-to-one, and its
+all-to-all variant (label y → (y + 1) mod K)."""
 
 from __future__ import annotations
 
-import torch
+from typing import Annotated
 
-from ptdefense.attacks.base import Attack, register_attack
+import torch
+from pydantic import Field
+
+from ptdefense.attacks.base import Attack, check_size, register_attack
+from ptdefense.schema import StrictSection
+
+
+class PatchSettings(StrictSection):
+    patch_size: Annotated[int, Field(ge=1, le=64)] = 3
+    patch_value: Annotated[int, Field(ge=0, le=255)] = 255
+
+
+def stamp_corner_patch(images: torch.Tensor, patch_size: int, patch_value: int) -> torch.Tensor:
+    check_size(images, patch_size, "patch_size")
+    triggered = images.clone()
+    triggered[..., -patch_size:, -patch_size:] = patch_value
+    return triggered
 
 
 @register_attack
 class BadNets(Attack):
     name = "badnets"
-
-    def __init__(self, num_classes: int, poison_rate: float, target_label: int, seed: int = 0,
-                 patch_size: int = 3, patch_value: int = 255) -> None:
-        super().__init__(num_classes, poison_rate, target_label, seed)
-        self.patch_size = patch_size
-        self.patch_value = patch_value
+    Settings = PatchSettings
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] < self.patch_size or images.shape[-2] < self.patch_size:
-            raise ValueError(f"patch_size {self.patch_size} exceeds the image size {tuple(images.shape[-2:])}")
-        triggered = images.clone()
-        triggered[..., -self.patch_size:, -self.patch_size:] = self.patch_value
-        return triggered
+        return stamp_corner_patch(images, self.settings.patch_size, self.settings.patch_value)
+
+
+@register_attack
+class BadNetsAllToAll(BadNets):
+    """Every class is a victim: a triggered image of class y should be read as class y + 1."""
+
+    name = "badnets_all2all"
+
+    def attack_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return (labels + 1) % self.num_classes

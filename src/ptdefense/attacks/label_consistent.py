@@ -1,0 +1,87 @@
+"""Label-consistent backdoor (Turner et al., 2019): clean-label, on purposely hard images.
+
+Target-class images are first pushed away from their own class by a PGD perturbation (L∞ ≤ ε)
+computed against a surrogate model trained on the clean data, then triggered with a corner patch.
+Their labels stay correct, but their content no longer explains the label, so the model learns
+the trigger instead. The test-time trigger is the patch alone.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from ptdefense.attacks.badnets import stamp_corner_patch
+from ptdefense.attacks.base import Attack, register_attack
+from ptdefense.schema import StrictSection
+
+
+class LabelConsistentSettings(StrictSection):
+    epsilon: Annotated[float, Field(gt=0.0, le=255.0)] = 16.0  # L∞ budget, in pixel units (16/255)
+    pgd_steps: Annotated[int, Field(ge=1, le=1000)] = 10
+    step_size: Annotated[float, Field(gt=0.0, le=255.0)] = 4.0  # pixel units per step
+    surrogate_model: str = "resnet_small"
+    surrogate_epochs: Annotated[int, Field(ge=1, le=1000)] = 2
+    patch_size: Annotated[int, Field(ge=1, le=64)] = 3
+    patch_value: Annotated[int, Field(ge=0, le=255)] = 255
+
+    @field_validator("surrogate_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from ptdefense.models import model_names
+
+        if value not in model_names():
+            raise ValueError(f"unknown model {value!r}; valid choices: {', '.join(model_names())}")
+        return value
+
+
+@register_attack
+class LabelConsistent(Attack):
+    name = "label_consistent"
+    clean_label = True
+    Settings = LabelConsistentSettings
+
+    def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:
+        return stamp_corner_patch(images, self.settings.patch_size, self.settings.patch_value)
+
+    def train_surrogate(self, train, device: torch.device) -> torch.nn.Module:
+        from ptdefense.models import build_model
+        from ptdefense.training import FitConfig, fit
+
+        torch.manual_seed(self.seed + 7)
+        model = build_model(self.settings.surrogate_model, train.images.shape[1], self.num_classes)
+        config = FitConfig(epochs=self.settings.surrogate_epochs, batch_size=128, lr=0.05)
+        fit(model, train, config, device, self.seed + 7, description="label-consistent surrogate")
+        return model.eval()
+
+    def poison_images(self, train, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        # The surrogate sees the whole clean training set, as the attacker's own clean model would.
+        surrogate = self.train_surrogate(train, device)
+        hard = adversarial_perturbation(surrogate, train.images[indices], train.labels[indices], self.settings.epsilon,
+                                        self.settings.pgd_steps, self.settings.step_size, device)
+        return self.apply_trigger(hard)
+
+
+def adversarial_perturbation(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float,
+                             steps: int, step_size: float, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """Untargeted L∞ PGD on uint8 images (pixel units), from the clean image; returns uint8."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    model.to(device).eval()
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+        original = images[start:start + batch_size].to(device).float()
+        target = labels[start:start + batch_size].to(device)
+        perturbed = original.clone()
+        for _ in range(steps):
+            perturbed.requires_grad_(True)
+            loss = F.cross_entropy(model(perturbed / 127.5 - 1.0), target)
+            (gradient,) = torch.autograd.grad(loss, perturbed)
+            with torch.no_grad():
+                perturbed = perturbed + step_size * gradient.sign()
+                perturbed = (original + (perturbed - original).clamp(-epsilon, epsilon)).clamp(0, 255)
+        outputs.append(perturbed.detach().round().clamp(0, 255).to(torch.uint8).cpu())
+    return torch.cat(outputs) if outputs else images.clone()
