@@ -29,16 +29,26 @@ def _as_image(tensor: torch.Tensor):
 
 
 def plot_poison_examples(clean, poisoned, path: str | Path, attack_name: str, count: int = 6) -> None:
-    """Pairs of (clean, poisoned) training images, with their labels before and after."""
+    """Clean and poisoned training images with their labels, and the trigger itself.
+
+    The third row is |poisoned − clean|, stretched to full contrast per image, so that triggers too
+    faint to see (a warp, a 20/255 sinusoid, an adversarial perturbation) still show their shape.
+    """
     plt = _figure()
     indices = poisoned.poison_indices[:count].tolist()
-    figure, axes = plt.subplots(2, max(1, len(indices)), figsize=(1.8 * max(1, len(indices)), 4), squeeze=False)
+    columns = max(1, len(indices))
+    figure, axes = plt.subplots(3, columns, figsize=(1.8 * columns, 5.8), squeeze=False)
     for column, index in enumerate(indices):
-        for row, (images, labels, title) in enumerate(((clean.images, clean.labels, "clean"),
-                                                       (poisoned.data.images, poisoned.data.labels, "poisoned"))):
+        before, after = clean.images[index], poisoned.data.images[index]
+        difference = (after.float() - before.float()).abs()
+        difference = difference / difference.max().clamp(min=1.0) * 255
+        panels = ((before, f"clean, label {int(clean.labels[index])}"),
+                  (after, f"poisoned, label {int(poisoned.data.labels[index])}"),
+                  (difference, f"trigger, max {int((after.float() - before.float()).abs().max())}"))
+        for row, (image, title) in enumerate(panels):
             axis = axes[row][column]
-            axis.imshow(_as_image(images[index]), cmap="gray", vmin=0, vmax=255)
-            axis.set_title(f"{title}, label {int(labels[index])}", fontsize=8)
+            axis.imshow(_as_image(image.to(torch.uint8)), cmap="gray", vmin=0, vmax=255)
+            axis.set_title(title, fontsize=7)
             axis.axis("off")
     figure.suptitle(f"{attack_name}: training images before and after poisoning")
     _save(figure, path)
