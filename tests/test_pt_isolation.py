@@ -9,8 +9,8 @@ import torch
 
 from ptdefense.attacks import build_attack
 from ptdefense.data import DatasetUnavailable, load_dataset
-from ptdefense.defenses.isolation import (isolate_lowest_loss, quarantine_isolation, runner_up_diversity,
-                                          suspicious_classes)
+from ptdefense.defenses.isolation import (isolate_lowest_loss, pooled_features, quarantine_isolation,
+                                          spectral_ratio, suspicious_classes)
 from ptdefense.defenses.pt import build_partial_model
 from ptdefense.metrics import isolation_metrics
 from ptdefense.training import FitConfig, fit, predict_logits
@@ -24,35 +24,63 @@ def test_lowest_loss_takes_exactly_the_ratio_and_breaks_ties_by_index():
     assert torch.equal(result.scores, -losses)
 
 
-def test_runner_up_diversity_is_zero_when_concentrated_and_one_when_uniform():
-    labels = torch.zeros(9, dtype=torch.long)
-    concentrated = torch.zeros(9, 10)
-    concentrated[:, 0] = 5.0
-    concentrated[:, 3] = 1.0
-    assert runner_up_diversity(concentrated, labels, 10) == pytest.approx(0.0)
-    uniform = torch.zeros(9, 10)
-    uniform[:, 0] = 5.0
-    uniform[torch.arange(9), torch.arange(1, 10)] = 1.0  # each sample's runner-up is a different class
-    assert runner_up_diversity(uniform, labels, 10) == pytest.approx(1.0)
-
-
-def test_suspicious_classes_flags_the_label_whose_easy_samples_have_diverse_content():
+def test_spectral_ratio_measures_one_dominant_direction():
     generator = torch.Generator().manual_seed(0)
+    isotropic = torch.randn(2000, 16, generator=generator)
+    assert spectral_ratio(isotropic) == pytest.approx(1.0, abs=0.35)
+    stretched = isotropic.clone()
+    stretched[:, 3] *= 3.0  # one direction with 3x the spread: (σ1/σ2)² ≈ 9
+    assert spectral_ratio(stretched) == pytest.approx(9.0, rel=0.2)
+    # Invariant to a shift of all features, and to a rotation.
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator))
+    assert spectral_ratio(stretched @ rotation + 5.0) == pytest.approx(spectral_ratio(stretched), rel=1e-6)
+
+
+def test_suspicious_classes_flags_the_label_split_by_a_trigger_direction():
+    generator = torch.Generator().manual_seed(0)
+    count, dims = 500, 16
+    labels = torch.arange(5).repeat_interleave(count)
+    features = torch.randn(5 * count, dims, generator=generator)
+    # Clean labels: some anisotropy of their own (ratios near 2), as real classes have.
+    features[:, 0] *= 1.4
+    # Label 3: half of it carries the trigger, which shifts the features along one direction.
+    trigger = torch.zeros(dims)
+    trigger[5] = 6.0  # variance along it: 1 + 6² / 4 = 10, against 1.4² ≈ 2 for the others
+    features[3 * count:3 * count + count // 2] += trigger
+    logits = torch.zeros(5 * count, 5)
+    logits[torch.arange(5 * count), labels] = 3.0
+    logits[torch.arange(5 * count), (labels + 1) % 5] = 1.0  # runner-ups concentrated everywhere
+    flagged, statistics = suspicious_classes(logits, features, labels, 5, diversity_margin=0.25, spectral_margin=1.5)
+    assert flagged == [3]
+    ratios = statistics["spectral_ratio"]
+    assert ratios["3"] > 2 * max(value for key, value in ratios.items() if key != "3")
+    # With every label alike, none stands out.
+    alike = torch.randn(5 * count, dims, generator=generator)
+    assert suspicious_classes(logits, alike, labels, 5, 0.25, 1.5)[0] == []
+
+
+def test_suspicious_classes_flags_dirty_label_poison_by_its_diverse_easy_samples():
+    generator = torch.Generator().manual_seed(1)
     count = 400
-    labels = torch.cat([torch.zeros(count, dtype=torch.long), torch.ones(count, dtype=torch.long),
-                        torch.full((count,), 2, dtype=torch.long)])
+    labels = torch.arange(3).repeat_interleave(count)
+    features = torch.randn(3 * count, 8, generator=generator)  # no spectral sign at all
     logits = torch.randn(3 * count, 10, generator=generator) * 0.1
-    # Label 0: half "poison", confidently label 0 with runner-ups spread over classes 1..9.
-    logits[:200, 0] = 12.0
-    logits[torch.arange(200), 1 + torch.arange(200) % 9] = 4.0
-    # Label 1: an easy clean class, just as confident, always confused with class 3.
-    logits[count:2 * count, 1] = 12.0
-    logits[count:2 * count, 3] = 4.0
-    # Label 2: a hard class, never among the lowest losses.
-    logits[2 * count:, 2] = 1.0
-    flagged, diversity = suspicious_classes(logits, labels, seed_ratio=0.3, num_classes=10, diversity_margin=0.25)
+    # Label 0: its easiest 100 are "poison", confidently 0 with runner-ups over classes 1..9;
+    # the rest are hard and confused with class 6.
+    logits[:100, 0] = 12.0
+    logits[torch.arange(100), 1 + torch.arange(100) % 9] = 4.0
+    logits[100:count, 0] = 2.0
+    logits[100:count, 6] = 1.0
+    # Label 1: like bags, diverse runner-ups whether easy or hard: natural, not poison.
+    logits[count:2 * count, 1] = torch.linspace(12.0, 2.0, count)
+    logits[torch.arange(count, 2 * count), torch.tensor([0, 2, 3, 4, 5, 6, 7, 8, 9]).repeat(45)[:count]] = 1.0
+    # Label 2: an easy clean class always confused with class 3.
+    logits[2 * count:, 2] = torch.linspace(12.0, 2.0, count)
+    logits[2 * count:, 3] = 1.0
+    flagged, statistics = suspicious_classes(logits, features, labels, 10, diversity_margin=0.25, spectral_margin=1.5)
     assert flagged == [0]
-    assert diversity["0"] > 0.9 and diversity["1"] < 0.1
+    assert statistics["diversity_gap"]["0"] > 0.5
+    assert abs(statistics["diversity_gap"]["1"]) < 0.1
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +104,9 @@ def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_s
     model = build_partial_model("resnet_small", 1, 10, None, 3, "recalibrate", data.images, device, seed=0)
     fit(model, data, FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"), device, seed=1)
     logits = predict_logits(model, data.images, device)
-    result = quarantine_isolation(logits, data, 10, "resnet_small", None, seed_ratio=0.05, diversity_margin=0.25,
+    features = pooled_features(model, data.images, device)
+    result = quarantine_isolation(logits, features, data, 10, "resnet_small", None, seed_ratio=0.05, diversity_margin=0.25,
+                                  spectral_margin=1.5,
                                   threshold=0.3, config=FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"), device=device,
                                   seed=2)
     assert result.details["suspicious_classes"] == [0]

@@ -113,10 +113,12 @@ class IsolationParams(_Section):
     method: Literal["ratio", "quarantine"] = "quarantine"
     ratio: Ratio = 0.1
     seed_ratio: Ratio = 0.05
-    # A label is suspicious when the runner-up classes of its lowest-loss samples are more diverse
-    # (normalised entropy, 0..1) than the other labels' median by this margin: poison carries the
-    # content of many classes under one label.
+    # A label is suspicious when (see defenses/isolation.py) its easiest tenth has more diverse
+    # runner-up classes than its hardest half by diversity_margin (dirty-label poison), or when the
+    # spread of its partial-model features along their main direction, (σ1/σ2)², is spectral_margin
+    # times the other labels' median (clean-label poison).
     diversity_margin: Ratio = 0.25
+    spectral_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
     quarantine_epochs: PositiveInt = 3
     quarantine_threshold: Ratio = 0.3
     lr: PositiveFloat = 0.05

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.models import BlockNet, build_model
-from ptdefense.training import FitConfig, fit, predict_logits
+from ptdefense.training import FitConfig, fit, predict_logits, to_input
 
 
 @dataclass
@@ -34,8 +34,28 @@ def isolate_lowest_loss(losses: torch.Tensor, ratio: float) -> Isolation:
     return Isolation(isolated, -losses, {"loss_threshold": threshold})
 
 
+@torch.inference_mode()
+def pooled_features(model: BlockNet, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Penultimate features: the output of every block but the head, average-pooled (fp32, on CPU)."""
+    model.to(device=device, memory_format=torch.channels_last).eval()
+    body = list(model.blocks.values())[:-1]
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+        features = to_input(images[start:start + batch_size], device)
+        for block in body:
+            features = block(features)
+        outputs.append(features.float().mean((2, 3)).cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0)
+
+
+def spectral_ratio(features: torch.Tensor) -> float:
+    """(σ1 / σ2)² of a set's centred features: how much one direction dominates their spread."""
+    singular = torch.linalg.svdvals((features - features.mean(0)).double())
+    return float(singular[0] ** 2 / singular[1].clamp(min=1e-12) ** 2)
+
+
 def runner_up_diversity(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Normalised entropy (0..1) of the runner-up class over a set of samples with one label.
+    """Normalised entropy (0..1) of the runner-up class over a set of samples.
 
     Samples of a clean class are confused with a few similar classes (a T-shirt with a shirt), so
     their runner-up classes concentrate. Dirty-label poison carries the content of many classes
@@ -49,39 +69,58 @@ def runner_up_diversity(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     return entropy / float(torch.log(torch.tensor(float(max(2, num_classes - 1)))))
 
 
-def suspicious_classes(logits: torch.Tensor, labels: torch.Tensor, seed_ratio: float, num_classes: int,
-                       diversity_margin: float) -> tuple[list[int], dict[str, float]]:
-    """Labels whose lowest-loss samples look like poison: of far more diverse content than the rest.
+def diversity_gap(logits: torch.Tensor, losses: torch.Tensor, labels: torch.Tensor, label: int,
+                  num_classes: int) -> float:
+    """Runner-up diversity of a label's easiest tenth minus that of its hardest half.
 
-    Easy clean classes (trousers in Fashion-MNIST) also fill the lowest-loss set, so being there
-    is not enough. A label is flagged when its runner-up diversity exceeds the median diversity of
-    the other labels present there by `diversity_margin` (a relative test: how diverse a clean
-    class looks depends on the dataset and on how long the partial model trained).
+    Dirty-label poison is the easiest part of its label and carries many classes' content: a large
+    positive gap. Comparing a label with itself cancels what is natural to a class (bags look like
+    nothing else, so their runner-ups are diverse whether easy or hard).
+    """
+    members = torch.nonzero(labels == label).flatten()
+    ordered = members[torch.sort(losses[members], stable=True).indices]
+    easiest, hardest = ordered[: max(1, ordered.numel() // 10)], ordered[ordered.numel() // 2:]
+    return (runner_up_diversity(logits[easiest], labels[easiest], num_classes)
+            - runner_up_diversity(logits[hardest], labels[hardest], num_classes))
+
+
+def suspicious_classes(logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                       diversity_margin: float, spectral_margin: float) -> tuple[list[int], dict]:
+    """Labels that hold poison, by either of two signs the partial model shows:
+
+    - dirty-label poison: the label's easiest samples have far more diverse content than its
+      hardest ones (`diversity_gap` ≥ `diversity_margin`);
+    - clean-label poison: the partial model learns the trigger first, so the label's features
+      spread along one direction (trigger present or not) far more than other labels' do. This is
+      the spectral signature of Tran et al. (2018), taken per label: (σ1/σ2)² at least
+      `spectral_margin` times the median of the other labels. Being relative, the test adapts to
+      the dataset, the model and the length of partial training.
     """
     losses = F.cross_entropy(logits, labels, reduction="none")
-    lowest = isolate_lowest_loss(losses, seed_ratio).isolated
-    minimum = max(20, round(0.02 * lowest.numel()))
-    diversity: dict[str, float] = {}
+    gaps: dict[str, float] = {}
+    ratios: dict[str, float] = {}
     for label in range(num_classes):
-        members = lowest[labels[lowest] == label]
-        if members.numel() >= minimum:
-            diversity[str(label)] = runner_up_diversity(logits[members], labels[members], num_classes)
+        members = labels == label
+        if int(members.sum()) >= 20:
+            gaps[str(label)] = diversity_gap(logits, losses, labels, label, num_classes)
+            ratios[str(label)] = spectral_ratio(features[members])
     flagged = []
-    for label, value in diversity.items():
-        others = [other for key, other in diversity.items() if key != label]
-        reference = float(torch.tensor(others).median()) if others else 0.5
-        if value >= reference + diversity_margin:
+    for label in gaps:
+        others = [value for key, value in ratios.items() if key != label]
+        reference = float(torch.tensor(others).median()) if others else ratios[label]
+        if gaps[label] >= diversity_margin or ratios[label] >= spectral_margin * reference:
             flagged.append(int(label))
-    return flagged, diversity
+    return flagged, {"diversity_gap": gaps, "spectral_ratio": ratios}
 
 
-def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int, architecture: str,
-                         width: int | None, seed_ratio: float, diversity_margin: float, threshold: float,
-                         config: FitConfig, device: torch.device, seed: int) -> Isolation:
+def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: ImageSet, num_classes: int,
+                         architecture: str, width: int | None, seed_ratio: float, diversity_margin: float,
+                         spectral_margin: float,
+                         threshold: float, config: FitConfig, device: torch.device, seed: int) -> Isolation:
     """Progressive isolation through a quarantine class.
 
     1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
-       them, `seed_ratio` × N at most half of those classes. They are nearly all poison.
+       them, `seed_ratio` × N but at most a quarter of those classes. They are nearly all poison.
     2. A fresh model with one extra output, the quarantine class, is trained on the seeds relabelled
        to it, plus every sample whose label is not suspicious (all clean for an all-to-one attack),
        plus as many "anchors": the highest-loss samples of the suspicious classes, under their label.
@@ -92,16 +131,17 @@ def quarantine_isolation(logits: torch.Tensor, train: ImageSet, num_classes: int
     """
     labels = train.labels
     losses = F.cross_entropy(logits, labels, reduction="none")
-    classes, diversity = suspicious_classes(logits, labels, seed_ratio, num_classes, diversity_margin)
-    details: dict = {"suspicious_classes": classes, "runner_up_diversity": diversity}
+    classes, statistics = suspicious_classes(logits, features, labels, num_classes, diversity_margin, spectral_margin)
+    details: dict = {"suspicious_classes": classes, **statistics}
     if not classes:
-        details["note"] = "no class's lowest-loss samples look like poison: nothing isolated"
+        details["note"] = "no label shows a sign of poison: nothing isolated"
         return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
     in_suspicious = torch.isin(labels, torch.tensor(classes))
-    # Seeds: the lowest-loss samples within the suspicious classes, seed_ratio × N of them. Easy clean
-    # classes no longer compete for the seed budget, and more seeds teach the trigger better.
+    # Seeds: the lowest-loss samples within the suspicious classes. Easy clean classes do not compete
+    # for them, and more seeds teach the trigger better; the cap of a quarter keeps them nearly pure
+    # when the poison is only part of a class (clean-label attacks poison half of the target class).
     candidates = torch.nonzero(in_suspicious).flatten()
-    seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 2)
+    seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 4)
     seeds = candidates[torch.sort(losses[candidates], stable=True).indices[:seed_count]]
     # Anchors: as many of the highest-loss samples of the suspicious classes, kept under their label,
     # so that the clean content of those classes has a home other than the quarantine class.
@@ -134,8 +174,9 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
     elif settings.method == "quarantine":
         config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
                            lr=settings.lr, precision=settings.precision)
-        result = quarantine_isolation(logits, train, num_classes, architecture, width, settings.seed_ratio,
-                                      settings.diversity_margin, settings.quarantine_threshold, config, device, seed)
+        features = pooled_features(model, train.images, device, settings.batch_size)
+        result = quarantine_isolation(logits, features, train, num_classes, architecture, width, settings.seed_ratio,
+                                      settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold, config, device, seed)
     else:  # the params schema only admits the methods above
         raise ValueError(f"unknown isolation method {settings.method!r}")
     return result, losses
