@@ -1,0 +1,68 @@
+"""Benchmark: the attack zoo. Every registered attack through the real pipeline, as DVC experiments.
+
+    .venv/bin/python benchmarks/attack_zoo.py --queue    # queue `dvc exp run -S attack.name=<a> --name zoo-<a>`
+    .venv/bin/dvc queue start -j 1                        # run them (about 6 min each on 2 CPU cores)
+    .venv/bin/python benchmarks/attack_zoo.py            # print the table of the finished zoo-* experiments
+
+Each row: backdoored clean accuracy / attack success rate, PT-defended clean accuracy / attack
+success rate, isolation precision / recall, and the labels isolation flagged. The table is also
+written to benchmarks/results/attack_zoo.md.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ptdefense.attacks import attack_names  # noqa: E402
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def queue() -> None:
+    for name in attack_names():
+        subprocess.run([DVC, "exp", "run", "--queue", "-S", f"attack.name={name}", "--name", f"zoo-{name}"], check=True)
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def table() -> str:
+    shown = json.loads(subprocess.run([DVC, "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout)
+    rows = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            for revision in experiment.get("revs", []):
+                name = revision.get("name") or ""
+                metrics = ((revision.get("data") or {}).get("metrics") or {})
+                evaluated = metrics.get("metrics/evaluate.json", {}).get("data")
+                isolated = metrics.get("metrics/isolate.json", {}).get("data") or {}
+                if name.startswith("zoo-") and evaluated:
+                    rows[name.removeprefix("zoo-")] = (evaluated, isolated)
+    lines = ["| attack | backdoored CA / ASR | PT CA / ASR | isolation precision / recall | isolated | flagged labels |",
+             "|---|---|---|---|---|---|"]
+    for name in attack_names():
+        if name not in rows:
+            lines.append(f"| {name} | not run | | | | |")
+            continue
+        evaluated, isolated = rows[name]
+        backdoored, defended, isolation = evaluated["backdoored"], evaluated["defended"], evaluated.get("isolation") or {}
+        lines.append(
+            f"| {name} | {_percent(backdoored['clean_accuracy'])} / {_percent(backdoored['attack_success_rate'])} "
+            f"| {_percent(defended['clean_accuracy'])} / {_percent(defended['attack_success_rate'])} "
+            f"| {_percent(isolation.get('isolation_precision'))} / {_percent(isolation.get('isolation_recall'))} "
+            f"| {isolation.get('isolated_count')} | {isolated.get('suspicious_classes')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if "--queue" in sys.argv:
+        queue()
+    else:
+        text = table()
+        Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
+        Path("benchmarks/results/attack_zoo.md").write_text(text + "\n")
+        print(text)
