@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/attack_zoo.py            # print the table of the finished zoo-* experiments
 
 Each row: backdoored clean accuracy / attack success rate, PT-defended clean accuracy / attack
-success rate, isolation precision / recall, and the labels isolation flagged. The table is also
+success rate, isolation precision / recall, and the labels isolation took samples from. The table is also
 written to benchmarks/results/attack_zoo.md.
 """
 
@@ -30,31 +30,39 @@ def _percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def flagged(isolation: dict) -> str:
+    """The labels isolation took samples from (the suspicious ones)."""
+    per_class = isolation.get("isolated_per_class") or {}
+    return ", ".join(label for label, count in per_class.items() if count) or "none"
+
+
 def table() -> str:
-    shown = json.loads(subprocess.run([DVC, "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout)
+    shown = json.loads(subprocess.run([DVC, "exp", "show", "--json", "--all-commits"], check=True, capture_output=True, text=True).stdout)
     rows = {}
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:
+            executor = experiment.get("executor") or {}
+            if executor and executor.get("state") not in (None, "success"):
+                continue  # queued or running: its metrics would be the baseline's
             for revision in experiment.get("revs", []):
                 name = revision.get("name") or ""
                 metrics = ((revision.get("data") or {}).get("metrics") or {})
                 evaluated = metrics.get("metrics/evaluate.json", {}).get("data")
-                isolated = metrics.get("metrics/isolate.json", {}).get("data") or {}
                 if name.startswith("zoo-") and evaluated:
-                    rows[name.removeprefix("zoo-")] = (evaluated, isolated)
-    lines = ["| attack | backdoored CA / ASR | PT CA / ASR | isolation precision / recall | isolated | flagged labels |",
+                    rows[name.removeprefix("zoo-")] = evaluated
+    lines = ["| attack | backdoored CA / ASR | PT CA / ASR | isolation precision / recall | isolated | from labels |",
              "|---|---|---|---|---|---|"]
     for name in attack_names():
         if name not in rows:
             lines.append(f"| {name} | not run | | | | |")
             continue
-        evaluated, isolated = rows[name]
+        evaluated = rows[name]
         backdoored, defended, isolation = evaluated["backdoored"], evaluated["defended"], evaluated.get("isolation") or {}
         lines.append(
             f"| {name} | {_percent(backdoored['clean_accuracy'])} / {_percent(backdoored['attack_success_rate'])} "
             f"| {_percent(defended['clean_accuracy'])} / {_percent(defended['attack_success_rate'])} "
             f"| {_percent(isolation.get('isolation_precision'))} / {_percent(isolation.get('isolation_recall'))} "
-            f"| {isolation.get('isolated_count')} | {isolated.get('suspicious_classes')} |")
+            f"| {isolation.get('isolated_count')} | {flagged(isolation)} |")
     return "\n".join(lines)
 
 

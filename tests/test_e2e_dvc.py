@@ -165,6 +165,25 @@ def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduc
     assert {run["tags"]["freeze_layers"] for run in runs} == {"2"}
 
 
+def test_exp_run_attack_name_reruns_the_whole_pipeline_with_that_attack(workspace, reproduced):
+    """`dvc exp run -S attack.name=…`: the attack's own section is used and every stage re-runs."""
+    result = _run(["dvc", "exp", "run", "-S", "attack.name=sig", "-S", "attack.sig.delta=30.0", "--name", "sig"],
+                  workspace)
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
+    assert ran == set(STAGES)
+    poison = json.loads((workspace / "metrics/poison.json").read_text())
+    assert poison["clean_label"] == 1
+    import numpy as np
+
+    labels = np.load(workspace / "data/poisoned/train.npz")["labels"]
+    assert poison["poison_count"] == int((labels == 0).sum()) // 2  # standard rate: half the target class
+    evaluated = json.loads((workspace / "metrics/evaluate.json").read_text())
+    assert 0.0 <= evaluated["backdoored"]["attack_success_rate"] <= 1.0
+    runs = _mlflow_runs(workspace, "tags.`ptdefense.pipeline` = 'sig' and tags.`ptdefense.stage` = 'poison-data'")["runs"]
+    assert [run["tags"]["attack"] for run in runs] == ["sig"]
+    assert runs[0]["params"]["attack.sig.delta"] == "30.0"
+
+
 def test_bad_params_fail_before_any_work_with_a_clear_message(workspace, reproduced):
     params_path = workspace / "params.yaml"
     original = params_path.read_text()
