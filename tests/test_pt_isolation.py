@@ -50,13 +50,13 @@ def test_suspicious_classes_flags_the_label_split_by_a_trigger_direction():
     logits = torch.zeros(5 * count, 5)
     logits[torch.arange(5 * count), labels] = 3.0
     logits[torch.arange(5 * count), (labels + 1) % 5] = 1.0  # runner-ups concentrated everywhere
-    flagged, statistics = suspicious_classes(logits, features, labels, 5, diversity_margin=0.25, spectral_margin=1.5)
+    flagged, statistics = suspicious_classes(logits, features, labels, 5, diversity_margin=0.18, spectral_margin=1.5)
     assert flagged == [3]
     ratios = statistics["spectral_ratio"]
     assert ratios["3"] > 2 * max(value for key, value in ratios.items() if key != "3")
     # With every label alike, none stands out.
     alike = torch.randn(5 * count, dims, generator=generator)
-    assert suspicious_classes(logits, alike, labels, 5, 0.25, 1.5)[0] == []
+    assert suspicious_classes(logits, alike, labels, 5, 0.18, 1.5)[0] == []
 
 
 def test_suspicious_classes_flags_dirty_label_poison_by_its_diverse_easy_samples():
@@ -77,7 +77,7 @@ def test_suspicious_classes_flags_dirty_label_poison_by_its_diverse_easy_samples
     # Label 2: an easy clean class always confused with class 3.
     logits[2 * count:, 2] = torch.linspace(12.0, 2.0, count)
     logits[2 * count:, 3] = 1.0
-    flagged, statistics = suspicious_classes(logits, features, labels, 10, diversity_margin=0.25, spectral_margin=1.5)
+    flagged, statistics = suspicious_classes(logits, features, labels, 10, diversity_margin=0.18, spectral_margin=1.5)
     assert flagged == [0]
     assert statistics["diversity_gap"]["0"] > 0.5
     assert abs(statistics["diversity_gap"]["1"]) < 0.1
@@ -105,7 +105,7 @@ def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_s
     fit(model, data, FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"), device, seed=1)
     logits = predict_logits(model, data.images, device)
     features = pooled_features(model, data.images, device)
-    result = quarantine_isolation(logits, features, data, 10, "resnet_small", None, seed_ratio=0.05, diversity_margin=0.25,
+    result = quarantine_isolation(logits, features, data, 10, "resnet_small", None, seed_ratio=0.05, diversity_margin=0.18,
                                   spectral_margin=1.5,
                                   threshold=0.3, config=FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"), device=device,
                                   seed=2)

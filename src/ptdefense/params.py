@@ -117,7 +117,7 @@ class IsolationParams(_Section):
     # runner-up classes than its hardest half by diversity_margin (dirty-label poison), or when the
     # spread of its partial-model features along their main direction, (σ1/σ2)², is spectral_margin
     # times the other labels' median (clean-label poison).
-    diversity_margin: Ratio = 0.25
+    diversity_margin: Ratio = 0.18
     spectral_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
     quarantine_epochs: PositiveInt = 3
     quarantine_threshold: Ratio = 0.3
