@@ -4,6 +4,8 @@
     .venv/bin/dvc queue start -j 1                        # run them (about 6 min each on 2 CPU cores)
     .venv/bin/python benchmarks/attack_zoo.py            # print the table of the finished zoo-* experiments
 
+`--prefix P` names the experiments P<attack> instead of zoo-<attack>, to keep several zoos apart.
+
 Each row: backdoored clean accuracy / attack success rate, PT-defended clean accuracy / attack
 success rate, isolation precision / recall, and the labels isolation took samples from. The table is also
 written to benchmarks/results/attack_zoo.md.
@@ -21,9 +23,9 @@ from ptdefense.attacks import attack_names  # noqa: E402
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
-def queue() -> None:
+def queue(prefix: str) -> None:
     for name in attack_names():
-        subprocess.run([DVC, "exp", "run", "--queue", "-S", f"attack.name={name}", "--name", f"zoo-{name}"], check=True)
+        subprocess.run([DVC, "exp", "run", "--queue", "-S", f"attack.name={name}", "--name", f"{prefix}{name}"], check=True)
 
 
 def _percent(value) -> str:
@@ -36,7 +38,7 @@ def flagged(isolation: dict) -> str:
     return ", ".join(label for label, count in per_class.items() if count) or "none"
 
 
-def table() -> str:
+def table(prefix: str) -> str:
     shown = json.loads(subprocess.run([DVC, "exp", "show", "--json", "--all-commits"], check=True, capture_output=True, text=True).stdout)
     rows = {}
     for baseline in shown:
@@ -48,8 +50,8 @@ def table() -> str:
                 name = revision.get("name") or ""
                 metrics = ((revision.get("data") or {}).get("metrics") or {})
                 evaluated = metrics.get("metrics/evaluate.json", {}).get("data")
-                if name.startswith("zoo-") and evaluated:
-                    rows[name.removeprefix("zoo-")] = evaluated
+                if name.startswith(prefix) and evaluated:
+                    rows[name.removeprefix(prefix)] = evaluated
     lines = ["| attack | backdoored CA / ASR | PT CA / ASR | isolation precision / recall | isolated | from labels |",
              "|---|---|---|---|---|---|"]
     for name in attack_names():
@@ -67,10 +69,11 @@ def table() -> str:
 
 
 if __name__ == "__main__":
+    prefix = sys.argv[sys.argv.index("--prefix") + 1] if "--prefix" in sys.argv else "zoo-"
     if "--queue" in sys.argv:
-        queue()
+        queue(prefix)
     else:
-        text = table()
+        text = table(prefix)
         Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
         Path("benchmarks/results/attack_zoo.md").write_text(text + "\n")
         print(text)
