@@ -45,6 +45,7 @@ class WaNet(Attack):
         return grid.clamp(-1, 1)
 
     def _warp(self, images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """Resample images on `grid`: one grid (1, H, W, 2) for all, or one per image (N, H, W, 2)."""
         if images.shape[0] == 0:
             return images.clone()
         warped = F.grid_sample(images.double(), grid.expand(images.shape[0], -1, -1, -1), mode="bilinear",
@@ -58,11 +59,7 @@ class WaNet(Attack):
         """The trigger's warp plus a random per-image jitter of up to one pixel (noise mode)."""
         count, height, width = images.shape[0], *images.shape[-2:]
         jitter = (torch.rand((count, height, width, 2), generator=generator, dtype=torch.float64) * 2 - 1) / height
-        grid = (self.warp_grid(height, width) + jitter).clamp(-1, 1)
-        if count == 0:
-            return images.clone()
-        warped = F.grid_sample(images.double(), grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return warped.round_().clamp_(0, 255).to(torch.uint8)
+        return self._warp(images, (self.warp_grid(height, width) + jitter).clamp(-1, 1))
 
     def poison(self, train: ImageSet, device: torch.device | str = "cpu") -> PoisonedTrainSet:
         result = super().poison(train, device)
