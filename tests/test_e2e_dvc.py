@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "evaluate"]
+STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference",
+          "evaluate"]
+METHODS = ("no_defense", "abl", "pt", "clean_reference")
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +30,7 @@ TINY = {
     "partial": {"epochs": 1},
     "isolation": {"quarantine_epochs": 1},
     "finetune": {"epochs": 1},
+    "abl": {"isolation_epochs": 1, "retrain_epochs": 1, "unlearn_epochs": 1},
 }
 
 
@@ -108,25 +111,47 @@ def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in reproduced.stdout
     metrics = json.loads((workspace / "metrics/evaluate.json").read_text())
-    for model in ("backdoored", "defended"):
-        for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy"):
-            assert 0.0 <= metrics[model][key] <= 1.0
-    assert metrics["backdoored"]["clean_accuracy"] > 0.3  # learned something beyond chance (0.1)
-    isolation = metrics["isolation"]
-    assert isolation["poison_count"] == 300  # round(0.1 × 3000)
-    for key in ("isolation_recall", "isolation_false_positive_rate"):
-        assert 0.0 <= isolation[key] <= 1.0
-    assert 0.0 <= metrics["defense_effectiveness_rating"] <= 1.0
-    for output in ("models/backdoored/model.safetensors", "models/defended/model.json", "data/isolation/losses.csv",
-                   "plots/loss_histogram.png", "plots/poison_examples.png", "reports/evaluate.md"):
+    assert set(METHODS) <= set(metrics)
+    for method in METHODS:
+        for key in ("clean_accuracy", "attack_success_rate", "robust_accuracy", "defense_effectiveness_rating"):
+            assert 0.0 <= metrics[method][key] <= 1.0, (method, key)
+        assert metrics[method]["wall_seconds"] > 0 and metrics[method]["sample_epochs"] > 0, method
+    assert metrics["no_defense"]["defense_effectiveness_rating"] == 0.5  # no change against itself
+    assert metrics["no_defense"]["clean_accuracy"] > 0.3  # learned something beyond chance (0.1)
+    assert metrics["poison_count"] == 300  # round(0.1 × 3000)
+    for method in ("pt", "abl"):  # the methods that isolate
+        for key in ("isolation_recall", "isolation_false_positive_rate"):
+            assert 0.0 <= metrics[method][key] <= 1.0
+    assert "isolation_recall" not in metrics["no_defense"] and "isolation_recall" not in metrics["clean_reference"]
+    assert metrics["abl"]["isolated_count"] == 30  # abl.isolation_ratio 1% of 3000
+    # The clean reference trains on the samples the attacker did not touch, with the victim's epochs.
+    assert metrics["clean_reference"]["sample_epochs"] == 2 * (3000 - 300)
+    report = (workspace / "reports/evaluate.md").read_text()
+    for title in ("no defense", "ABL", "PT", "clean reference"):
+        assert f"| {title}" in report
+    for output in ("models/backdoored/model.safetensors", "models/defended/model.json", "models/abl/model.json",
+                   "models/clean_reference/model.json", "data/isolation/losses.csv", "data/abl/isolation.npz",
+                   "plots/loss_histogram.png", "plots/poison_examples.png", "plots/isolation_sweep.png",
+                   "plots/methods.png", "reports/evaluate.md"):
         assert (workspace / output).is_file(), output
+    sweep = (workspace / "plots/isolation_sweep.csv").read_text().splitlines()
+    assert sweep[0].startswith("isolation_ratio,pt_precision,pt_recall")
+    assert len(sweep) == 1 + 31
+
+
+def test_plots_show_renders_every_declared_plot(workspace, reproduced):
+    _run(["dvc", "plots", "show", "-o", "rendered"], workspace)
+    page = (workspace / "rendered/index.html").read_text()
+    for plot in ("isolation_precision", "isolation_recall", "clean_accuracy", "attack_success_rate",
+                 "loss_histogram.png", "isolation_sweep.png", "methods.png"):
+        assert plot in page, plot
 
 
 def test_status_is_clean_and_metrics_show(workspace, reproduced):
     status = _run(["dvc", "status"], workspace)
     assert "up to date" in status.stdout
     shown = _run(["dvc", "metrics", "show"], workspace)
-    assert "metrics/evaluate.json" in shown.stdout and "defended.attack_success_rate" in shown.stdout
+    assert "metrics/evaluate.json" in shown.stdout and "pt.attack_success_rate" in shown.stdout
 
 
 def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
@@ -140,14 +165,16 @@ def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
     parent = parents.pop()
     # The parent holds every param and the headline metrics, for side-by-side comparison in the UI.
     assert queried["parents"][parent]["freeze_layers"] == "3"
-    assert "defended.attack_success_rate" in queried["parent_metrics"][parent]
+    assert "pt.attack_success_rate" in queried["parent_metrics"][parent]
+    assert "abl.attack_success_rate" in queried["parent_metrics"][parent]
     by_stage = {run["tags"]["ptdefense.stage"]: run for run in stage_runs}
     assert by_stage["partial-train"]["params"]["freeze_layers"] == "3"
     assert by_stage["train-backdoored"]["params"]["train.epochs"] == "2"
     assert "attack_success_rate" in by_stage["train-backdoored"]["metrics"]
     assert by_stage["train-backdoored"]["train_loss_steps"] == [1, 2]  # per-epoch metrics
-    assert "defended.attack_success_rate" in by_stage["evaluate"]["metrics"]
-    assert "isolation.isolation_recall" in by_stage["evaluate"]["metrics"]
+    assert "pt.attack_success_rate" in by_stage["evaluate"]["metrics"]
+    assert "pt.isolation_recall" in by_stage["evaluate"]["metrics"]
+    assert "clean_reference.clean_accuracy" in by_stage["evaluate"]["metrics"]
     assert all(run["status"] == "FINISHED" for run in stage_runs)
 
 
@@ -178,7 +205,7 @@ def test_exp_run_attack_name_reruns_the_whole_pipeline_with_that_attack(workspac
     labels = np.load(workspace / "data/poisoned/train.npz")["labels"]
     assert poison["poison_count"] == int((labels == 0).sum()) // 2  # standard rate: half the target class
     evaluated = json.loads((workspace / "metrics/evaluate.json").read_text())
-    assert 0.0 <= evaluated["backdoored"]["attack_success_rate"] <= 1.0
+    assert 0.0 <= evaluated["no_defense"]["attack_success_rate"] <= 1.0
     runs = _mlflow_runs(workspace, "tags.`ptdefense.pipeline` = 'sig' and tags.`ptdefense.stage` = 'poison-data'")["runs"]
     assert [run["tags"]["attack"] for run in runs] == ["sig"]
     assert runs[0]["params"]["attack.sig.delta"] == "30.0"

@@ -65,7 +65,7 @@ def test_defaults(raw):
     assert params.train.epochs == 3
     assert params.train.precision == "bf16"
     assert params.partial.frozen_bn == "recalibrate"
-    assert params.isolation.method == "quarantine"
+    assert params.isolation.method == "auto"
     assert params.finetune.init == "scratch"
     assert params.finetune.unlearn is True
     assert params.mlflow.required is False
@@ -233,6 +233,7 @@ def test_isolation_method_lists_valid_values():
     assert "spectral" in message
     assert "'ratio'" in message
     assert "'quarantine'" in message
+    assert "'auto'" in message
 
 
 @pytest.mark.parametrize("raw, key", [

@@ -1,21 +1,34 @@
-"""The evaluate stage: the only place that reads the true poison indices."""
+"""The evaluate stage: every method side by side, scored against the true poison indices.
+
+Methods (rows of the comparison): no defense (the backdoored model), ABL, PT, and the clean
+reference (the same model trained on the truly clean samples: a bound, not a defense). All four
+were trained on the same poisoned data with the same model; this is the only stage that reads the
+true poison indices besides the clean reference.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import torch
 
-from ptdefense.artifacts import write_json, write_text
+from ptdefense.artifacts import read_json, write_json, write_text
 from ptdefense.data.dataset import ImageSet, load_npz
 from ptdefense.metrics import (attack_success_rate, clean_accuracy, defense_effectiveness_rating,
                                isolation_metrics, robust_accuracy)
 from ptdefense.models.io import load_model
 from ptdefense.params import Params
-from ptdefense.plots import plot_loss_histograms
+from ptdefense.plots import plot_isolation_sweep, plot_loss_histograms, plot_method_scores
 from ptdefense.tracking import flatten
 from ptdefense.training import per_sample_loss, predict
 from ptdefense import pipeline as paths
+
+METHOD_TITLES = {"no_defense": "no defense", "abl": "ABL", "pt": "PT", "clean_reference": "clean reference (bound)"}
+ISOLATION_KEYS = ("isolation_precision", "isolation_recall", "isolation_false_positive_rate", "isolation_f1",
+                  "isolated_count")
+SWEEP_RATIOS = (0.005, *[step / 100 for step in range(1, 31)])
 
 
 def model_metrics(model, clean: ImageSet, triggered: ImageSet, attack_targets: torch.Tensor, device) -> dict:
@@ -27,36 +40,73 @@ def model_metrics(model, clean: ImageSet, triggered: ImageSet, attack_targets: t
     }
 
 
-def _report(metrics: dict, params: Params) -> str:
-    backdoored, defended, isolation = metrics["backdoored"], metrics["defended"], metrics["isolation"]
+def compute_spent(*stage_metrics: dict) -> dict:
+    """Wall seconds and training sample-epochs (samples × epochs trained on) summed over stages."""
+    return {"wall_seconds": sum(float(m.get("wall_seconds", 0.0)) for m in stage_metrics),
+            "sample_epochs": sum(int(m.get("sample_epochs", 0)) for m in stage_metrics)}
 
-    def pct(value):
-        return "n/a" if value is None else f"{100 * value:.2f}"
 
-    lines = [
-        f"# PT evaluation: {params.attack.name} on {params.data.name}, {params.model.name}, "
-        f"freeze_layers={params.freeze_layers}",
-        "",
-        "| model | clean accuracy % | attack success rate % | robust accuracy % |",
-        "|---|---|---|---|",
-        f"| no defense (backdoored) | {pct(backdoored['clean_accuracy'])} | {pct(backdoored['attack_success_rate'])} "
-        f"| {pct(backdoored['robust_accuracy'])} |",
-        f"| PT (defended) | {pct(defended['clean_accuracy'])} | {pct(defended['attack_success_rate'])} "
-        f"| {pct(defended['robust_accuracy'])} |",
-        "",
-        f"Defense effectiveness rating (DER): {metrics['defense_effectiveness_rating']:.4f}",
-        "",
-        "| isolation | value |",
-        "|---|---|",
-        f"| isolated samples | {isolation['isolated_count']} |",
-        f"| true poison samples | {isolation['poison_count']} |",
-        f"| precision % | {pct(isolation['isolation_precision'])} |",
-        f"| recall % | {pct(isolation['isolation_recall'])} |",
-        f"| false-positive rate % | {pct(isolation['isolation_false_positive_rate'])} |",
-        f"| F1 % | {pct(isolation['isolation_f1'])} |",
-        "",
-    ]
+def comparison_table(scores: dict[str, dict], isolation: dict[str, dict], compute: dict[str, dict]) -> dict[str, dict]:
+    """One row per method: test scores, DER against no defense, isolation scores, compute spent."""
+    baseline = scores["no_defense"]
+    table = {}
+    for method, row in scores.items():
+        entry = dict(row)
+        entry["defense_effectiveness_rating"] = defense_effectiveness_rating(
+            baseline["clean_accuracy"], baseline["attack_success_rate"], row["clean_accuracy"], row["attack_success_rate"])
+        if method in isolation:
+            entry.update({key: isolation[method][key] for key in ISOLATION_KEYS})
+        entry.update(compute.get(method, {}))
+        table[method] = entry
+    return table
+
+
+def _percent(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def comparison_markdown(table: dict[str, dict], title: str, poison_count: int) -> str:
+    lines = [f"# {title}", "",
+             "| method | clean accuracy % | attack success rate % | robust accuracy % | DER | isolated | "
+             "isolation precision % | recall % | FPR % | F1 % | wall s | sample-epochs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for method, row in table.items():
+        isolated = row.get("isolated_count")
+        lines.append(
+            f"| {METHOD_TITLES.get(method, method)} | {_percent(row['clean_accuracy'])} "
+            f"| {_percent(row['attack_success_rate'])} | {_percent(row['robust_accuracy'])} "
+            f"| {row['defense_effectiveness_rating']:.4f} | {'—' if isolated is None else isolated} "
+            f"| {_percent(row.get('isolation_precision'))} | {_percent(row.get('isolation_recall'))} "
+            f"| {_percent(row.get('isolation_false_positive_rate'))} | {_percent(row.get('isolation_f1'))} "
+            f"| {row.get('wall_seconds', 0):.0f} | {row.get('sample_epochs', 0):,} |")
+    lines += ["", f"True poison samples in the training set: {poison_count}. DER = [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 "
+              "against no defense. Compute counts training only: wall seconds of the method's own stages, and "
+              "sample-epochs = samples × epochs trained on.", ""]
     return "\n".join(lines)
+
+
+def isolation_sweep(rankings: dict[str, torch.Tensor], is_poison: torch.Tensor,
+                    ratios: tuple[float, ...] = SWEEP_RATIOS) -> list[dict]:
+    """Precision and recall of the top `ratio` share of each ranking (higher score = more suspicious)."""
+    orders = {name: torch.sort(score, descending=True, stable=True).indices for name, score in rankings.items()}
+    rows = []
+    for ratio in ratios:
+        row = {"isolation_ratio": ratio}
+        count = max(1, round(ratio * is_poison.numel()))
+        for name, order in orders.items():
+            hits = int(is_poison[order[:count]].sum())
+            row[f"{name}_precision"] = hits / count
+            row[f"{name}_recall"] = hits / max(1, int(is_poison.sum()))
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
 
 
 def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[Path]]:
@@ -66,36 +116,60 @@ def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[
     triggered = ImageSet(torch.from_numpy(triggered_arrays["images"]), torch.from_numpy(triggered_arrays["labels"]))
     attack_targets = torch.from_numpy(triggered_arrays["attack_targets"])
     truth = torch.from_numpy(load_npz(paths.TRUTH, "poison-data", ("poison_indices",))["poison_indices"]).long()
-    isolation_arrays = load_npz(paths.ISOLATED, "isolate", ("isolated_indices", "partial_losses"))
-    isolated = torch.from_numpy(isolation_arrays["isolated_indices"]).long()
-    partial_losses = torch.from_numpy(isolation_arrays["partial_losses"])
-    backdoored, _ = load_model(paths.BACKDOORED_MODEL, "train-backdoored")
-    defended, _ = load_model(paths.DEFENDED_MODEL, "finetune")
-
-    before = model_metrics(backdoored, clean, triggered, attack_targets, device)
-    after = model_metrics(defended, clean, triggered, attack_targets, device)
-    isolation = isolation_metrics(isolated, truth, len(train))
-    num_classes = int(max(int(train.labels.max()) + 1, params.attack.target_label + 1))
-    isolation["isolated_per_class"] = {str(c): int(n) for c, n in
-                                       enumerate(torch.bincount(train.labels[isolated], minlength=num_classes))}
-    metrics = {
-        "backdoored": before,
-        "defended": after,
-        "isolation": isolation,
-        "defense_effectiveness_rating": defense_effectiveness_rating(
-            before["clean_accuracy"], before["attack_success_rate"], after["clean_accuracy"], after["attack_success_rate"]),
+    pt_arrays = load_npz(paths.ISOLATED, "isolate", ("isolated_indices", "partial_losses", "suspicion_scores"))
+    abl_arrays = load_npz(paths.ABL_ISOLATION, "abl", ("isolated_indices", "isolation_losses"))
+    models = {
+        "no_defense": load_model(paths.BACKDOORED_MODEL, "train-backdoored")[0],
+        "abl": load_model(paths.ABL_MODEL, "abl")[0],
+        "pt": load_model(paths.DEFENDED_MODEL, "finetune")[0],
+        "clean_reference": load_model(paths.CLEAN_REFERENCE_MODEL, "clean-reference")[0],
     }
+    stage_metrics = {stage: read_json(paths.METRICS_DIR / f"{stage.replace('-', '_')}.json", stage)
+                     for stage in ("train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference")}
+
+    scores = {method: model_metrics(model, clean, triggered, attack_targets, device) for method, model in models.items()}
+    pt_isolated = torch.from_numpy(pt_arrays["isolated_indices"]).long()
+    isolation = {"pt": isolation_metrics(pt_isolated, truth, len(train)),
+                 "abl": isolation_metrics(torch.from_numpy(abl_arrays["isolated_indices"]).long(), truth, len(train))}
+    compute = {"no_defense": compute_spent(stage_metrics["train-backdoored"]),
+               "abl": compute_spent(stage_metrics["abl"]),
+               "pt": compute_spent(stage_metrics["partial-train"], stage_metrics["isolate"], stage_metrics["finetune"]),
+               "clean_reference": compute_spent(stage_metrics["clean-reference"])}
+    table = comparison_table(scores, isolation, compute)
+    num_classes = int(max(int(train.labels.max()) + 1, params.attack.target_label + 1))
+    table["pt"]["isolated_per_class"] = {str(c): int(n) for c, n in
+                                         enumerate(torch.bincount(train.labels[pt_isolated], minlength=num_classes))}
+    metrics = {**table, "poison_count": int(truth.numel())}
     metrics_path = paths.METRICS_DIR / "evaluate.json"
     write_json(metrics_path, metrics)
 
     is_poison = torch.zeros(len(train), dtype=torch.bool)
     is_poison[truth] = True
-    full_losses = per_sample_loss(backdoored, train, device)
+    partial_losses = torch.from_numpy(pt_arrays["partial_losses"])
+    full_losses = per_sample_loss(models["no_defense"], train, device)
+    abl_losses = torch.from_numpy(abl_arrays["isolation_losses"])
     histogram = paths.PLOTS_DIR / "loss_histogram.png"
-    plot_loss_histograms([(f"partial training (freeze_layers={params.freeze_layers})", partial_losses),
-                          ("full training (backdoored model)", full_losses)], is_poison, histogram)
+    plot_loss_histograms([(f"PT partial training (freeze_layers={params.freeze_layers})", partial_losses),
+                          ("full training (backdoored model)", full_losses),
+                          (f"ABL isolation model ({params.abl.loss}, γ={params.abl.gamma:g})", abl_losses)],
+                         is_poison, histogram)
+    sweep = isolation_sweep({"pt": torch.from_numpy(pt_arrays["suspicion_scores"]), "pt_partial_loss": -partial_losses,
+                             "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison)
+    sweep_csv, sweep_png = paths.PLOTS_DIR / "isolation_sweep.csv", paths.PLOTS_DIR / "isolation_sweep.png"
+    _write_csv(sweep_csv, sweep)
+    chosen = {"pt": (isolation["pt"]["isolated_count"] / len(train), isolation["pt"]),
+              "abl": (isolation["abl"]["isolated_count"] / len(train), isolation["abl"])}
+    plot_isolation_sweep(sweep, chosen, sweep_png)
+    method_rows = [{"method": METHOD_TITLES[m], "clean_accuracy": row["clean_accuracy"],
+                    "attack_success_rate": row["attack_success_rate"]} for m, row in table.items()]
+    methods_csv, methods_png = paths.PLOTS_DIR / "methods.csv", paths.PLOTS_DIR / "methods.png"
+    _write_csv(methods_csv, method_rows)
+    plot_method_scores(method_rows, methods_png, f"{params.attack.name} on {params.data.name}")
+
+    title = (f"Comparison: {params.attack.name} on {params.data.name}, {params.model.name}, "
+             f"freeze_layers={params.freeze_layers}, isolation {params.isolation.method}")
+    report_text = comparison_markdown(table, title, int(truth.numel()))
     report = paths.REPORTS_DIR / "evaluate.md"
-    write_text(report, _report(metrics, params))
-    print(_report(metrics, params))
-    flat = {key: value for key, value in flatten(metrics).items()}
-    return flat, [metrics_path, histogram, report]
+    write_text(report, report_text)
+    print(report_text)
+    return flatten(metrics), [metrics_path, report, histogram, sweep_csv, sweep_png, methods_csv, methods_png]

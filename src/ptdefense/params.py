@@ -83,14 +83,17 @@ class ModelParams(_Section):
     _known_model = field_validator("name")(lambda value: _registered(value, "model", model_names()))
 
 
-class OptimParams(_Section):
-    epochs: PositiveInt = 3
+class OptimiserParams(_Section):
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     weight_decay: NonNegativeFloat = 5e-4
     # bf16 autocast roughly halves CPU training time; fp32 is the exact reference.
     precision: Literal["fp32", "bf16"] = "bf16"
+
+
+class OptimParams(OptimiserParams):
+    epochs: PositiveInt = 3
 
 
 class TrainParams(OptimParams):
@@ -108,11 +111,13 @@ class PartialParams(OptimParams):
 
 class IsolationParams(_Section):
     # ratio: the lowest-loss `ratio` share, globally (naive PT).
-    # quarantine: lowest-loss seeds in over-represented classes, then a quarantine class learns the
-    # trigger from them and catches the poison the seeds missed (see defenses/isolation.py).
-    method: Literal["ratio", "quarantine"] = "quarantine"
-    ratio: Ratio = 0.1
-    seed_ratio: Ratio = 0.05
+    # quarantine: seed_ratio × N lowest-loss seeds in suspicious classes, then a quarantine class
+    # learns the trigger from them and catches the poison the seeds missed (see defenses/isolation.py).
+    # auto: the same, with the seed count read off each suspicious class's loss distribution, so
+    # that nothing assumes a poison rate.
+    method: Literal["auto", "quarantine", "ratio"] = "auto"
+    ratio: Ratio = 0.1  # method ratio only
+    seed_ratio: Ratio = 0.05  # method quarantine only
     # A label is suspicious when (see defenses/isolation.py) its easiest tenth has more diverse
     # runner-up classes than its hardest half by diversity_margin (dirty-label poison), or when the
     # spread of its partial-model features along their main direction, (σ1/σ2)², is spectral_margin
@@ -138,6 +143,21 @@ class FinetuneParams(OptimParams):
     unlearn_weight: NonNegativeFloat = 1.0
 
 
+class AblParams(OptimiserParams):
+    """The ABL baseline (defenses/abl.py): isolation with a held loss, then retrain, then unlearn."""
+
+    loss: Literal["lga", "flooding"] = "lga"
+    # The loss level held during isolation (ABL's paper and code: 0.5).
+    gamma: Annotated[float, Field(gt=0.0, le=10.0)] = 0.5
+    isolation_epochs: PositiveInt = 3
+    # Share of the training set isolated, lowest loss first, globally (ABL: 1%).
+    isolation_ratio: Ratio = 0.01
+    retrain_epochs: PositiveInt = 3
+    # Gradient ascent on the isolated samples (ABL: 5 epochs at lr 5e-4); 0 skips it.
+    unlearn_epochs: Annotated[int, Field(ge=0, le=1_000)] = 5
+    unlearn_lr: PositiveFloat = 5e-4
+
+
 class MlflowParams(_Section):
     enabled: bool = True
     # null = $MLFLOW_TRACKING_URI, else sqlite:///<repo root>/mlflow.db
@@ -158,6 +178,7 @@ class Params(_Section):
     partial: PartialParams = PartialParams()
     isolation: IsolationParams = IsolationParams()
     finetune: FinetuneParams = FinetuneParams()
+    abl: AblParams = AblParams()
     mlflow: MlflowParams = MlflowParams()
 
     @model_validator(mode="after")

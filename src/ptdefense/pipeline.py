@@ -1,7 +1,8 @@
 """What each DVC stage does, as plain functions of the validated params.
 
 The scripts in stages/ only call `run_stage(<function>)`; the logic lives here so that it can be
-tested without DVC. Defense stages never read the ground-truth poison indices: only `evaluate` does.
+tested without DVC. Defense stages never read the ground-truth poison indices: only `clean-reference` (a bound, not a
+defense) and `evaluate` do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ TRUTH = Path("data/truth/poison_indices.npz")  # evaluation only: kept apart so 
 BACKDOORED_MODEL = Path("models/backdoored")
 PARTIAL_MODEL = Path("models/partial")
 DEFENDED_MODEL = Path("models/defended")
+ABL_MODEL = Path("models/abl")
+ABL_ISOLATION = Path("data/abl/isolation.npz")
+CLEAN_REFERENCE_MODEL = Path("models/clean_reference")
 LOSSES_CSV = Path("data/isolation/losses.csv")
 ISOLATED = Path("data/isolation/isolated.npz")
 METRICS_DIR = Path("metrics")
@@ -231,7 +235,9 @@ def isolate(params: Params) -> None:
         result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
                                          spec.get("width"), device, params.seed + 3)
         write_isolation(LOSSES_CSV, ISOLATED, train.labels, losses, result)
+        quarantine_samples = result.details.get("quarantine_training_count", 0)
         summary = {**result.details, "isolated_count": int(result.isolated.numel()),
+                   "sample_epochs": quarantine_samples * params.isolation.quarantine_epochs,
                    "isolated_share": result.isolated.numel() / len(train),
                    "wall_seconds": time.perf_counter() - started}
         write_json(METRICS_DIR / "isolate.json", summary)
@@ -276,6 +282,93 @@ def finetune(params: Params) -> None:
         write_json(METRICS_DIR / "finetune.json", final)
         run.log_metrics(_not_per_epoch(final, history, evaluated=True))
         run.log_artifact(DEFENDED_MODEL)
+
+
+def abl(params: Params) -> None:
+    """The ABL baseline, on the same poisoned data and model as PT."""
+    import numpy as np
+    import torch
+
+    from ptdefense.artifacts import atomic_path, write_json
+    from ptdefense.data.dataset import ImageSet
+    from ptdefense.defenses.abl import run_abl
+    from ptdefense.models import build_model
+    from ptdefense.models.io import save_model
+    from ptdefense.tracking import StageRun
+
+    device = _setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    spec = _dataset_spec(params, train)
+    with StageRun("abl", params, _stage_params(params, "model", "abl")) as run:
+        torch.manual_seed(params.seed + 4)
+        model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"])
+        evaluator = _test_evaluator(model, device)
+        completed = {"epochs": 0}
+
+        def logger(phase: str):
+            inner = _epoch_logger(run, f"{phase}/", evaluator)
+
+            def on_epoch_end(epoch: int, stats: dict) -> None:
+                completed["epochs"] += 1  # one step axis across the three phases
+                inner(completed["epochs"] - 1, stats)
+
+            return on_epoch_end
+
+        started = time.perf_counter()
+        result = run_abl(model, train, params.abl, device, params.seed + 4, on_epoch_end=logger)
+        save_model(model, ABL_MODEL, {**spec, "freeze_layers": 0, "stage": "abl"})
+        with atomic_path(ABL_ISOLATION) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, isolated_indices=result.isolated.numpy().astype(np.int64),
+                     isolation_losses=result.isolation_losses.numpy().astype(np.float32))
+        final = {"isolated_count": int(result.isolated.numel()), "wall_seconds": time.perf_counter() - started,
+                 "sample_epochs": result.sample_epochs, **evaluator()}
+        for phase, history in result.history.items():
+            if history:
+                final[f"{phase}_train_loss"] = history[-1]["train_loss"]
+        write_json(METRICS_DIR / "abl.json", final)
+        run.log_metrics(final)
+        run.log_artifact(ABL_MODEL)
+        print(f"ABL: isolated {final['isolated_count']} of {len(train)}, clean accuracy "
+              f"{final['clean_accuracy']:.4f}, attack success rate {final['attack_success_rate']:.4f}", file=sys.stderr)
+
+
+def clean_reference(params: Params) -> None:
+    """The victim's model and budget trained on the truly clean samples only.
+
+    It bounds what a defense can reach (clean accuracy from above, attack success rate from below).
+    It reads the true poison indices, so it is evaluation-only knowledge, never a defense.
+    """
+    import torch
+
+    from ptdefense.artifacts import write_json
+    from ptdefense.data.dataset import ImageSet, load_npz
+    from ptdefense.models import build_model
+    from ptdefense.models.io import save_model
+    from ptdefense.tracking import StageRun
+    from ptdefense.training import FitConfig, fit
+
+    device = _setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    truth = load_npz(TRUTH, "poison-data", ("poison_indices", "cross_indices"))
+    touched = torch.zeros(len(train), dtype=torch.bool)
+    for key in ("poison_indices", "cross_indices"):  # WaNet's noise samples are the attacker's work too
+        touched[torch.from_numpy(truth[key]).long()] = True
+    clean = train.subset(torch.nonzero(~touched).flatten())
+    spec = _dataset_spec(params, train)
+    with StageRun("clean-reference", params, _stage_params(params, "model", "train")) as run:
+        torch.manual_seed(params.seed)
+        model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"])
+        config = FitConfig(**params.train.model_dump())
+        evaluator = _test_evaluator(model, device)
+        started = time.perf_counter()
+        history = fit(model, clean, config, device, params.seed, on_epoch_end=_epoch_logger(run, "", evaluator),
+                      description="clean reference")
+        save_model(model, CLEAN_REFERENCE_MODEL, {**spec, "freeze_layers": 0, "stage": "clean-reference"})
+        final = {**history[-1], **evaluator(), "clean_train_count": len(clean),
+                 "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(clean)}
+        write_json(METRICS_DIR / "clean_reference.json", final)
+        run.log_metrics(_not_per_epoch(final, history, evaluated=True))
+        run.log_artifact(CLEAN_REFERENCE_MODEL)
 
 
 def evaluate(params: Params) -> None:

@@ -60,10 +60,12 @@ def plot_loss_histograms(panels: list[tuple[str, torch.Tensor]], is_poison: torc
     plt = _figure()
     import numpy as np
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharex=True)
+    # One set of bins for every panel, so that the models' loss scales compare at a glance.
+    every = torch.cat([losses for _, losses in panels]).clamp(min=1e-8).log10().numpy()
+    bins = np.linspace(every.min(), every.max() + 1e-6, 60)
     for axis, (title, losses) in zip(axes[0], panels):
         values = losses.clamp(min=1e-8).log10().numpy()
-        bins = np.linspace(values.min(), values.max() + 1e-6, 60)
         axis.hist(values[~is_poison.numpy()], bins=bins, alpha=0.6, label="clean", color="tab:blue")
         axis.hist(values[is_poison.numpy()], bins=bins, alpha=0.6, label="poisoned", color="tab:red")
         axis.set_yscale("log")
@@ -71,5 +73,53 @@ def plot_loss_histograms(panels: list[tuple[str, torch.Tensor]], is_poison: torc
         axis.set_title(title, fontsize=10)
         axis.legend()
     axes[0][0].set_ylabel("training samples")
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_isolation_sweep(rows: list[dict], chosen: dict[str, tuple[float, dict]], path: str | Path) -> None:
+    """Isolation precision and recall of each ranking as the isolated share grows.
+
+    `chosen` marks where each method actually stopped: (isolated share, its isolation metrics).
+    """
+    plt = _figure()
+    names = [key.removesuffix("_precision") for key in rows[0] if key.endswith("_precision")]
+    ratios = [100 * row["isolation_ratio"] for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    colours = dict(zip(names, ("tab:green", "tab:olive", "tab:grey", "tab:purple", "tab:brown")))
+    for axis, measure in zip(axes, ("precision", "recall")):
+        for name in names:
+            axis.plot(ratios, [row[f"{name}_{measure}"] for row in rows], label=name.replace("_", " "),
+                      color=colours[name])
+        for name, (share, scores) in chosen.items():
+            value = scores.get(f"isolation_{measure}")
+            if value is not None:
+                axis.scatter([100 * share], [value], color=colours.get(name, "black"), marker="*", s=120, zorder=3)
+        axis.set_xlabel("isolated share of the training set, % (top of each ranking)")
+        axis.set_title(f"isolation {measure} (★ = the method's own choice)", fontsize=10)
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_method_scores(rows: list[dict], path: str | Path, title: str) -> None:
+    """Clean accuracy and attack success rate per method, as grouped bars."""
+    plt = _figure()
+    import numpy as np
+
+    positions = np.arange(len(rows))
+    figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6))
+    for offset, (key, label, colour) in zip((-0.2, 0.2), (("clean_accuracy", "clean accuracy", "tab:blue"),
+                                                          ("attack_success_rate", "attack success rate", "tab:red"))):
+        values = [100 * row[key] for row in rows]
+        bars = axis.bar(positions + offset, values, width=0.4, label=label, color=colour)
+        axis.bar_label(bars, fmt="%.1f", fontsize=7)
+    axis.set_xticks(positions, [row["method"] for row in rows], fontsize=8)
+    axis.set_ylabel("%")
+    axis.set_ylim(0, 110)
+    axis.set_title(title, fontsize=10)
+    axis.legend(fontsize=8, loc="upper center", ncol=2)
     _save(figure, path)
     plt.close(figure)

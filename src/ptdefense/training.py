@@ -102,8 +102,12 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     description: str = "train",
     sample_losses: torch.Tensor | None = None,
+    objective: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Train the trainable parameters of `model` with SGD + one-cycle schedule; return epoch stats.
+
+    `objective` maps the batch's mean cross-entropy to the loss that is minimised (default: itself).
+    ABL passes its flooding/LGA loss here, and its unlearning passes −cross-entropy.
 
     If `sample_losses` (float32, epochs × N) is given, each sample's training loss in each epoch
     is written into it: a loss trajectory for free, since the forward pass computes it anyway.
@@ -148,10 +152,10 @@ def fit(
                 logits = all_logits[: len(index)]
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 loss = losses.mean()
-                total = loss
+                total = objective(loss) if objective is not None else loss
                 if chosen is not None:
                     suppressed = suppression_loss(all_logits[len(index):], suppress.labels[chosen].to(device))
-                    total = loss + suppress_weight * suppressed
+                    total = total + suppress_weight * suppressed
                     suppress_sum += float(suppressed.detach()) * len(index)
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -1,8 +1,10 @@
 """PT's isolation step: rank training samples under the partial model and pick the suspects.
 
-Two rules (isolation.method):
+Three rules (isolation.method):
 - ratio: the lowest-loss `ratio` share, globally (naive PT);
-- quarantine (default): suspicious classes, then seeds and a quarantine class (see below).
+- quarantine: suspicious classes, then `seed_ratio` × N seeds and a quarantine class (see below);
+- auto (default): the same, but the seeds' count comes from each suspicious class's own loss
+  distribution (the low-loss mode of a two-component mixture), so no poison rate is assumed.
 """
 
 from __future__ import annotations
@@ -113,14 +115,39 @@ def suspicious_classes(logits: torch.Tensor, features: torch.Tensor, labels: tor
     return flagged, {"diversity_gap": gaps, "spectral_ratio": ratios}
 
 
+def low_loss_mode_size(losses: torch.Tensor, seed: int) -> int:
+    """How many of `losses` fall in their low-loss mode: a two-component Gaussian mixture on log-loss.
+
+    Poison that the partial model has learned sits orders of magnitude below the clean samples of
+    its label, so log-loss is bimodal; the mixture finds the split without knowing the poison rate.
+    """
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    if losses.numel() < 4:
+        return 0
+    values = losses.double().clamp(min=1e-12).log10().numpy().reshape(-1, 1)
+    mixture = GaussianMixture(n_components=2, n_init=3, random_state=seed).fit(values)
+    low = int(np.argmin(mixture.means_.ravel()))
+    return int((mixture.predict(values) == low).sum())
+
+
+def _lowest_and_highest(members: torch.Tensor, losses: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = members[torch.sort(losses[members], stable=True).indices]
+    return order[:count], order[order.numel() - count:] if count else order[:0]
+
+
 def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: ImageSet, num_classes: int,
-                         architecture: str, width: int | None, seed_ratio: float, diversity_margin: float,
+                         architecture: str, width: int | None, seed_ratio: float | None, diversity_margin: float,
                          spectral_margin: float,
                          threshold: float, config: FitConfig, device: torch.device, seed: int) -> Isolation:
     """Progressive isolation through a quarantine class.
 
     1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
        them, `seed_ratio` × N but at most a quarter of those classes. They are nearly all poison.
+       With `seed_ratio=None` (method auto) each suspicious class gives half of its low-loss mode
+       (`low_loss_mode_size`), again at most a quarter of the class: half, so that the seeds stay
+       pure when the mixture's split runs into the clean samples.
     2. A fresh model with one extra output, the quarantine class, is trained on the seeds relabelled
        to it, plus every sample whose label is not suspicious (all clean for an all-to-one attack),
        plus as many "anchors": the highest-loss samples of the suspicious classes, under their label.
@@ -140,12 +167,25 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
     # Seeds: the lowest-loss samples within the suspicious classes. Easy clean classes do not compete
     # for them, and more seeds teach the trigger better; the cap of a quarter keeps them nearly pure
     # when the poison is only part of a class (clean-label attacks poison half of the target class).
-    candidates = torch.nonzero(in_suspicious).flatten()
-    seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 4)
-    seeds = candidates[torch.sort(losses[candidates], stable=True).indices[:seed_count]]
     # Anchors: as many of the highest-loss samples of the suspicious classes, kept under their label,
     # so that the clean content of those classes has a home other than the quarantine class.
-    anchors = candidates[torch.sort(losses[candidates], stable=True, descending=True).indices[:seed_count]]
+    candidates = torch.nonzero(in_suspicious).flatten()
+    if seed_ratio is not None:
+        seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 4)
+        seeds, anchors = _lowest_and_highest(candidates, losses, seed_count)
+    else:
+        picked = []
+        details["low_loss_mode_size"] = {}
+        for label in classes:
+            members = torch.nonzero(labels == label).flatten()
+            mode_size = low_loss_mode_size(losses[members], seed)
+            details["low_loss_mode_size"][str(label)] = mode_size
+            picked.append(_lowest_and_highest(members, losses, min(mode_size // 2, members.numel() // 4)))
+        seeds = torch.cat([pair[0] for pair in picked])
+        anchors = torch.cat([pair[1] for pair in picked])
+    if seeds.numel() == 0:
+        details["note"] = "the suspicious classes have no low-loss mode: nothing isolated"
+        return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
     quarantine_label = num_classes
     relabelled = labels.clone()
     relabelled[seeds] = quarantine_label
@@ -171,11 +211,12 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
     losses = F.cross_entropy(logits, train.labels, reduction="none")
     if settings.method == "ratio":
         result = isolate_lowest_loss(losses, settings.ratio)
-    elif settings.method == "quarantine":
+    elif settings.method in ("quarantine", "auto"):
         config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
                            lr=settings.lr, precision=settings.precision)
         features = pooled_features(model, train.images, device, settings.batch_size)
-        result = quarantine_isolation(logits, features, train, num_classes, architecture, width, settings.seed_ratio,
+        seed_ratio = settings.seed_ratio if settings.method == "quarantine" else None
+        result = quarantine_isolation(logits, features, train, num_classes, architecture, width, seed_ratio,
                                       settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold, config, device, seed)
     else:  # the params schema only admits the methods above
         raise ValueError(f"unknown isolation method {settings.method!r}")

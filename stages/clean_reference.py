@@ -1,0 +1,12 @@
+"""DVC stage `clean-reference`: validate params.yaml, then run ptdefense.pipeline.clean_reference."""
+
+import sys
+from pathlib import Path
+
+# Run the library next to this script (the code DVC hashed), also inside `dvc exp run --temp` copies.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ptdefense.pipeline import clean_reference, run_stage  # noqa: E402
+
+if __name__ == "__main__":
+    run_stage(clean_reference)
