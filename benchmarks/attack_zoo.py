@@ -4,11 +4,12 @@
     .venv/bin/dvc queue start -j 1                        # run them (about 6 min each on 2 CPU cores)
     .venv/bin/python benchmarks/attack_zoo.py            # print the table of the finished zoo-* experiments
 
-`--prefix P` names the experiments P<attack> instead of zoo-<attack>, to keep several zoos apart.
+`--prefix P` names the experiments P<attack> instead of zoo-<attack>, to keep several zoos apart;
+`--attacks a b` queues or shows only those attacks.
 
-Each row: backdoored clean accuracy / attack success rate, PT-defended clean accuracy / attack
-success rate, isolation precision / recall, and the labels isolation took samples from. The table is also
-written to benchmarks/results/attack_zoo.md.
+Each row: clean accuracy / attack success rate of every method in the pipeline (no defense, ABL, PT,
+clean reference), PT's isolation precision / recall, and the labels PT isolated from. The table is
+also written to benchmarks/results/attack_zoo.md.
 """
 
 import json
@@ -23,8 +24,8 @@ from ptdefense.attacks import attack_names  # noqa: E402
 DVC = str(Path(sys.executable).with_name("dvc"))
 
 
-def queue(prefix: str) -> None:
-    for name in attack_names():
+def queue(prefix: str, attacks: list[str]) -> None:
+    for name in attacks:
         subprocess.run([DVC, "exp", "run", "--queue", "-S", f"attack.name={name}", "--name", f"{prefix}{name}"], check=True)
 
 
@@ -38,7 +39,18 @@ def flagged(isolation: dict) -> str:
     return ", ".join(label for label, count in per_class.items() if count) or "none"
 
 
-def table(prefix: str) -> str:
+def _methods(evaluated: dict) -> dict:
+    """Rows per method; experiments from before the comparison stages had only two models."""
+    if "pt" in evaluated:
+        return evaluated
+    return {"no_defense": evaluated["backdoored"], "pt": {**evaluated["defended"], **evaluated.get("isolation", {})}}
+
+
+def _pair(row: dict | None) -> str:
+    return "—" if row is None else f"{_percent(row['clean_accuracy'])} / {_percent(row['attack_success_rate'])}"
+
+
+def table(prefix: str, attacks: list[str]) -> str:
     shown = json.loads(subprocess.run([DVC, "exp", "show", "--json", "--all-commits"], check=True, capture_output=True, text=True).stdout)
     rows = {}
     for baseline in shown:
@@ -52,28 +64,35 @@ def table(prefix: str) -> str:
                 evaluated = metrics.get("metrics/evaluate.json", {}).get("data")
                 if name.startswith(prefix) and evaluated:
                     rows[name.removeprefix(prefix)] = evaluated
-    lines = ["| attack | backdoored CA / ASR | PT CA / ASR | isolation precision / recall | isolated | from labels |",
-             "|---|---|---|---|---|---|"]
-    for name in attack_names():
+    lines = ["| attack | no defense CA / ASR | ABL CA / ASR | PT CA / ASR | clean reference CA / ASR "
+             "| PT isolation precision / recall | PT isolated | from labels |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in attacks:
         if name not in rows:
-            lines.append(f"| {name} | not run | | | | |")
+            lines.append(f"| {name} | not run | | | | | | |")
             continue
-        evaluated = rows[name]
-        backdoored, defended, isolation = evaluated["backdoored"], evaluated["defended"], evaluated.get("isolation") or {}
+        methods = _methods(rows[name])
+        pt = methods["pt"]
         lines.append(
-            f"| {name} | {_percent(backdoored['clean_accuracy'])} / {_percent(backdoored['attack_success_rate'])} "
-            f"| {_percent(defended['clean_accuracy'])} / {_percent(defended['attack_success_rate'])} "
-            f"| {_percent(isolation.get('isolation_precision'))} / {_percent(isolation.get('isolation_recall'))} "
-            f"| {isolation.get('isolated_count')} | {flagged(isolation)} |")
+            f"| {name} | {_pair(methods['no_defense'])} | {_pair(methods.get('abl'))} | {_pair(pt)} "
+            f"| {_pair(methods.get('clean_reference'))} "
+            f"| {_percent(pt.get('isolation_precision'))} / {_percent(pt.get('isolation_recall'))} "
+            f"| {pt.get('isolated_count')} | {flagged(pt)} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    prefix = sys.argv[sys.argv.index("--prefix") + 1] if "--prefix" in sys.argv else "zoo-"
-    if "--queue" in sys.argv:
-        queue(prefix)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queue", action="store_true", help="queue the experiments instead of showing them")
+    parser.add_argument("--prefix", default="zoo-")
+    parser.add_argument("--attacks", nargs="+", default=attack_names(), choices=attack_names())
+    args = parser.parse_args()
+    if args.queue:
+        queue(args.prefix, args.attacks)
     else:
-        text = table(prefix)
+        text = table(args.prefix, args.attacks)
         Path("benchmarks/results").mkdir(parents=True, exist_ok=True)
         Path("benchmarks/results/attack_zoo.md").write_text(text + "\n")
         print(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptdefense.defenses.isolation import low_loss_mode_size
+from ptdefense.defenses.isolation import low_loss_mode_posterior
 from ptdefense.evaluation import comparison_markdown, comparison_table, compute_spent, isolation_sweep
 from ptdefense.metrics import isolation_metrics
 
@@ -73,5 +73,8 @@ def test_low_loss_mode_size_finds_the_poison_count_without_the_rate(poison_count
     generator = torch.Generator().manual_seed(poison_count)
     clean = 10 ** (-1.0 + 0.4 * torch.randn(3000 - poison_count, generator=generator))
     poison = 10 ** (-3.5 + 0.6 * torch.randn(poison_count, generator=generator))
-    estimate = low_loss_mode_size(torch.cat([clean, poison]), seed=0)
-    assert abs(estimate - poison_count) <= 0.1 * poison_count + 5
+    posterior = low_loss_mode_posterior(torch.cat([clean, poison]), seed=0)
+    assert abs(int((posterior > 0.5).sum()) - poison_count) <= 0.1 * poison_count + 5
+    confident = torch.nonzero(posterior >= 0.99).flatten()
+    assert confident.numel() >= poison_count // 2
+    assert float((confident >= 3000 - poison_count).float().mean()) >= 0.99  # the confident ones are poison

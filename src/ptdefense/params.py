@@ -118,6 +118,9 @@ class IsolationParams(_Section):
     method: Literal["auto", "quarantine", "ratio"] = "auto"
     ratio: Ratio = 0.1  # method ratio only
     seed_ratio: Ratio = 0.05  # method quarantine only
+    # method auto: seeds are the samples of a suspicious class that the low-loss mode of a
+    # two-component mixture on its log-losses holds with at least this posterior.
+    seed_confidence: Ratio = 0.99
     # A label is suspicious when (see defenses/isolation.py) its easiest tenth has more diverse
     # runner-up classes than its hardest half by diversity_margin (dirty-label poison), or when the
     # spread of its partial-model features along their main direction, (σ1/σ2)², is spectral_margin
