@@ -54,10 +54,22 @@ def measure(params, attack_name: str, rate: float, method: str, train, device, c
     result, _ = isolate_samples(model, poisoned.data, settings, num_classes, params.model.name, params.model.width,
                                 device, params.seed + 3)
     scores = isolation_metrics(result.isolated, poisoned.poison_indices, len(poisoned.data))
-    return {"attack": attack_name, "poison_rate": rate, "method": method, **scores,
+    # The same quarantine model at other probability thresholds: how sensitive the cut is.
+    sweep = {}
+    classes = result.details.get("suspicious_classes") or []
+    if method != "ratio" and classes:
+        in_suspicious = torch.isin(poisoned.data.labels, torch.tensor(classes))
+        for threshold in THRESHOLDS:
+            chosen = torch.nonzero(in_suspicious & (result.scores > threshold)).flatten()
+            swept = isolation_metrics(chosen, poisoned.poison_indices, len(poisoned.data))
+            sweep[str(threshold)] = {key: swept[key] for key in ("isolation_recall", "isolation_false_positive_rate")}
+    return {"attack": attack_name, "poison_rate": rate, "method": method, **scores, "threshold_sweep": sweep,
             "suspicious_classes": result.details.get("suspicious_classes"),
             "low_loss_mode_size": result.details.get("low_loss_mode_size"),
             "seed_count": result.details.get("seed_count"), "wall_seconds": time.perf_counter() - started}
+
+
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 def _percent(value) -> str:
@@ -71,6 +83,14 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {row['attack']} | {100 * row['poison_rate']:g}% | {row['method']} | {row['suspicious_classes']} "
                      f"| {row['seed_count']} | {row['isolated_count']} | {_percent(row['isolation_recall'])} "
                      f"| {_percent(row['isolation_false_positive_rate'])} | {_percent(row['isolation_precision'])} |")
+    lines += ["", "Recall % / FPR % of the same quarantine model at other probability thresholds:", "",
+              "| attack | poison rate | " + " | ".join(f"threshold {t}" for t in THRESHOLDS) + " |",
+              "|---|---|" + "---|" * len(THRESHOLDS)]
+    for row in rows:
+        cells = [f"{_percent(row['threshold_sweep'][str(t)]['isolation_recall'])} / "
+                 f"{_percent(row['threshold_sweep'][str(t)]['isolation_false_positive_rate'])}"
+                 if str(t) in row["threshold_sweep"] else "—" for t in THRESHOLDS]
+        lines.append(f"| {row['attack']} | {100 * row['poison_rate']:g}% | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -92,7 +112,7 @@ def main() -> None:
     for attack_name in args.attacks:
         for rate in args.rates:
             rows.append(measure(params, attack_name, rate, args.method, train, device, args.cache))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            print(table(rows[-1:]).splitlines()[2], flush=True)
     report = table(rows)
     print(report)
     write_json(Path(f"{args.output}.json"), rows)
