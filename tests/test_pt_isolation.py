@@ -120,7 +120,7 @@ def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_s
     assert result.details["suspicious_classes"] == [0]
     if seed_ratio is None:  # the seeds came from the mixture, not from a known share
         target_size = int((data.labels == 0).sum())
-        assert 0 < result.details["seed_count"] == min(result.details["confident_seed_count"]["0"], target_size // 4)
+        assert 0 < result.details["seed_count"][0] == min(result.details["confident_seed_count"]["0"], target_size // 4)
     scores = isolation_metrics(result.isolated, truth, len(data))
     print(seed_ratio, scores)
     assert scores["isolation_precision"] >= 0.85, scores

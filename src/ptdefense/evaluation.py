@@ -149,10 +149,12 @@ def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[
     full_losses = per_sample_loss(models["no_defense"], train, device)
     abl_losses = torch.from_numpy(abl_arrays["isolation_losses"])
     histogram = paths.PLOTS_DIR / "loss_histogram.png"
+    flagged = [int(label) for label in stage_metrics["isolate"].get("suspicious_classes") or []]
     plot_loss_histograms([(f"PT partial training (freeze_layers={params.freeze_layers})", partial_losses),
                           ("full training (backdoored model)", full_losses),
                           (f"ABL isolation model ({params.abl.loss}, γ={params.abl.gamma:g})", abl_losses)],
-                         is_poison, histogram)
+                         is_poison, histogram, focus=torch.isin(train.labels, torch.tensor(flagged, dtype=torch.int64)),
+                         focus_name=f"labels PT flagged: {flagged}")
     sweep = isolation_sweep({"pt": torch.from_numpy(pt_arrays["suspicion_scores"]), "pt_partial_loss": -partial_losses,
                              "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison)
     sweep_csv, sweep_png = paths.PLOTS_DIR / "isolation_sweep.csv", paths.PLOTS_DIR / "isolation_sweep.png"

@@ -128,7 +128,9 @@ class IsolationParams(_Section):
     diversity_margin: Ratio = 0.18
     spectral_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
     quarantine_epochs: PositiveInt = 3
-    quarantine_threshold: Ratio = 0.3
+    # Rounds of quarantine training; each later round seeds with the previous round's isolated set.
+    quarantine_rounds: Annotated[int, Field(ge=1, le=10)] = 2
+    quarantine_threshold: Ratio = 0.1
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "bf16"

@@ -235,7 +235,7 @@ def isolate(params: Params) -> None:
         result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
                                          spec.get("width"), device, params.seed + 3)
         write_isolation(LOSSES_CSV, ISOLATED, train.labels, losses, result)
-        quarantine_samples = result.details.get("quarantine_training_count", 0)
+        quarantine_samples = result.details.get("quarantine_training_count", 0)  # summed over rounds
         summary = {**result.details, "isolated_count": int(result.isolated.numel()),
                    "sample_epochs": quarantine_samples * params.isolation.quarantine_epochs,
                    "isolated_share": result.isolated.numel() / len(train),

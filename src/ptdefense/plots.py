@@ -55,24 +55,37 @@ def plot_poison_examples(clean, poisoned, path: str | Path, attack_name: str, co
     plt.close(figure)
 
 
-def plot_loss_histograms(panels: list[tuple[str, torch.Tensor]], is_poison: torch.Tensor, path: str | Path) -> None:
-    """Per-sample loss (log scale), poisoned against clean, one panel per model."""
+def plot_loss_histograms(panels: list[tuple[str, torch.Tensor]], is_poison: torch.Tensor, path: str | Path,
+                         focus: torch.Tensor | None = None, focus_name: str = "") -> None:
+    """Per-sample loss (log scale), poisoned against clean, one column per model.
+
+    With `focus` (a boolean mask, e.g. the labels PT flagged), a second row repeats each panel on
+    those samples only: ranking by loss works within a label, where the poison competes only with
+    that label's clean samples, not with every easy sample of the training set.
+    """
     plt = _figure()
     import numpy as np
 
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False, sharex=True)
+    rows = [("all training samples", torch.ones_like(is_poison))]
+    if focus is not None and bool(focus.any()):
+        rows.append((focus_name, focus))
+    figure, axes = plt.subplots(len(rows), len(panels), figsize=(5 * len(panels), 3.4 * len(rows)), squeeze=False,
+                                sharex=True)
     # One set of bins for every panel, so that the models' loss scales compare at a glance.
     every = torch.cat([losses for _, losses in panels]).clamp(min=1e-8).log10().numpy()
     bins = np.linspace(every.min(), every.max() + 1e-6, 60)
-    for axis, (title, losses) in zip(axes[0], panels):
-        values = losses.clamp(min=1e-8).log10().numpy()
-        axis.hist(values[~is_poison.numpy()], bins=bins, alpha=0.6, label="clean", color="tab:blue")
-        axis.hist(values[is_poison.numpy()], bins=bins, alpha=0.6, label="poisoned", color="tab:red")
-        axis.set_yscale("log")
+    for row, (row_name, mask) in enumerate(rows):
+        for axis, (title, losses) in zip(axes[row], panels):
+            values = losses.clamp(min=1e-8).log10().numpy()
+            clean, poisoned = (mask & ~is_poison).numpy(), (mask & is_poison).numpy()
+            axis.hist(values[clean], bins=bins, alpha=0.6, label="clean", color="tab:blue")
+            axis.hist(values[poisoned], bins=bins, alpha=0.6, label="poisoned", color="tab:red")
+            axis.set_yscale("log")
+            axis.set_title(f"{title}\n{row_name}", fontsize=9)
+            axis.legend(fontsize=8)
+        axes[row][0].set_ylabel("training samples")
+    for axis in axes[-1]:
         axis.set_xlabel("log10 per-sample cross-entropy")
-        axis.set_title(title, fontsize=10)
-        axis.legend()
-    axes[0][0].set_ylabel("training samples")
     _save(figure, path)
     plt.close(figure)
 

@@ -141,7 +141,7 @@ def _lowest_and_highest(members: torch.Tensor, losses: torch.Tensor, count: int)
 def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: ImageSet, num_classes: int,
                          architecture: str, width: int | None, seed_ratio: float | None, diversity_margin: float,
                          spectral_margin: float, threshold: float, config: FitConfig, device: torch.device,
-                         seed: int, seed_confidence: float = 0.99) -> Isolation:
+                         seed: int, seed_confidence: float = 0.99, rounds: int = 1) -> Isolation:
     """Progressive isolation through a quarantine class.
 
     1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
@@ -158,6 +158,7 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
        The only thing the seeds share across their varied content is the trigger, so the model
        learns "trigger → quarantine", and generalises it to the poison the seeds missed.
     3. Isolated: samples of the suspicious classes whose quarantine probability exceeds `threshold`.
+    4. With `rounds` > 1, steps 2 and 3 repeat with the isolated samples as seeds.
     """
     labels = train.labels
     losses = F.cross_entropy(logits, labels, reduction="none")
@@ -191,8 +192,31 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
     if seeds.numel() == 0:
         details["note"] = "the suspicious classes have no low-loss mode: nothing isolated"
         return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
+    details["seed_count"], details["quarantine_training_count"] = [], 0
+    for round_index in range(rounds):
+        if round_index:
+            # Later rounds: the previous round's isolated samples are the seeds, uncapped. They are
+            # far more numerous than the first seeds and as pure (100% precision measured at 5%
+            # BadNets), so the quarantine class generalises further.
+            seeds = isolated
+            if seeds.numel() == 0:
+                break
+        quarantine_probability = _train_quarantine(train, seeds, anchors, in_suspicious, num_classes, architecture,
+                                                   width, config, device, seed + round_index)
+        isolated = torch.nonzero(in_suspicious & (quarantine_probability > threshold)).flatten()
+        details["seed_count"].append(int(seeds.numel()))
+        details["quarantine_training_count"] += int((~in_suspicious).sum()) + int(seeds.numel()) + int(anchors.numel())
+    details["anchor_count"] = int(anchors.numel())
+    return Isolation(isolated, quarantine_probability, details)
+
+
+def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tensor, in_suspicious: torch.Tensor,
+                      num_classes: int, architecture: str, width: int | None, config: FitConfig,
+                      device: torch.device, seed: int) -> torch.Tensor:
+    """Train a model with one extra output (the quarantine class, for the seeds); return its
+    quarantine probability for every training sample."""
     quarantine_label = num_classes
-    relabelled = labels.clone()
+    relabelled = train.labels.clone()
     relabelled[seeds] = quarantine_label
     training = ~in_suspicious
     training[seeds] = True
@@ -202,11 +226,7 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
     model = build_model(architecture, train.images.shape[1], num_classes + 1, width)
     fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed, description="quarantine")
     probabilities = predict_logits(model, train.images, device, description="quarantine scores").softmax(1)
-    quarantine_probability = probabilities[:, quarantine_label]
-    isolated = torch.nonzero(in_suspicious & (quarantine_probability > threshold)).flatten()
-    details.update({"seed_count": int(seeds.numel()), "anchor_count": int(anchors.numel()),
-                    "quarantine_training_count": int(chosen.numel())})
-    return Isolation(isolated, quarantine_probability, details)
+    return probabilities[:, quarantine_label]
 
 
 def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
@@ -223,7 +243,7 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         seed_ratio = settings.seed_ratio if settings.method == "quarantine" else None
         result = quarantine_isolation(logits, features, train, num_classes, architecture, width, seed_ratio,
                                       settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold,
-                                      config, device, seed, settings.seed_confidence)
+                                      config, device, seed, settings.seed_confidence, settings.quarantine_rounds)
     else:  # the params schema only admits the methods above
         raise ValueError(f"unknown isolation method {settings.method!r}")
     return result, losses
