@@ -103,8 +103,10 @@ def partial_outputs(fashion_mnist_subset):
     return predict_logits(model, data.images, device), pooled_features(model, data.images, device)
 
 
-@pytest.mark.parametrize("seed_ratio", [0.05, None], ids=["quarantine", "auto"])
-def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_subset, partial_outputs, seed_ratio):
+@pytest.mark.parametrize("seed_ratio, rounds", [(0.05, 1), (None, 1), (None, 2)],
+                         ids=["quarantine", "auto", "auto-2-rounds"])
+def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_subset, partial_outputs, seed_ratio,
+                                                                 rounds):
     """Quarantine isolation (a fixed seed share, or auto: seeds from the loss mixture), 12k real images.
 
     At this scale (a fifth of the default) both models get 6 epochs; the default run on all 60k
@@ -116,8 +118,9 @@ def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_s
     result = quarantine_isolation(logits, features, data, 10, "resnet_small", None, seed_ratio=seed_ratio,
                                   diversity_margin=0.18, spectral_margin=1.5, threshold=0.3,
                                   config=FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"),
-                                  device=torch.device("cpu"), seed=2)
+                                  device=torch.device("cpu"), seed=2, rounds=rounds)
     assert result.details["suspicious_classes"] == [0]
+    assert len(result.details["seed_count"]) == rounds
     if seed_ratio is None:  # the seeds came from the mixture, not from a known share
         target_size = int((data.labels == 0).sum())
         assert 0 < result.details["seed_count"][0] == min(result.details["confident_seed_count"]["0"], target_size // 4)
