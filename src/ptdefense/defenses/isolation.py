@@ -187,6 +187,14 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
             details["low_loss_mode_size"][str(label)] = int((posterior > 0.5).sum())
             details["confident_seed_count"][str(label)] = confident
             picked.append(_lowest_and_highest(members, losses, min(confident, members.numel() // 4)))
+        # A flagged label with no confident low-loss sample shows no learnt poison: it is cleared, so
+        # that its samples train the quarantine model under their own label (WaNet, freeze_layers=1:
+        # clean trousers were flagged by the spectral test, had no seed, and were isolated anyway).
+        cleared = [label for label, (label_seeds, _) in zip(classes, picked) if label_seeds.numel() == 0]
+        if cleared:
+            details["cleared_classes"] = cleared
+            classes = [label for label in classes if label not in cleared]
+            in_suspicious = torch.isin(labels, torch.tensor(classes, dtype=torch.int64))
         seeds = torch.cat([pair[0] for pair in picked])
         anchors = torch.cat([pair[1] for pair in picked])
     if seeds.numel() == 0:
