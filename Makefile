@@ -25,4 +25,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 clean-outputs:
-	rm -rf data/poisoned data/truth data/isolation models metrics plots reports
+	rm -rf data/poisoned data/truth data/isolation data/abl models metrics plots reports
