@@ -103,9 +103,7 @@ def partial_outputs(fashion_mnist_subset):
     return predict_logits(model, data.images, device), pooled_features(model, data.images, device)
 
 
-@pytest.mark.parametrize("seed_ratio, rounds", [(0.05, 1), (0.05, 2)], ids=["one-round", "two-rounds"])
-def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_subset, partial_outputs, seed_ratio,
-                                                                 rounds):
+def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_subset, partial_outputs):
     """Quarantine isolation with a fixed seed share, 12k real images.
 
     At this scale (a fifth of the default) both models get 6 epochs; the default run on all 60k
@@ -115,16 +113,12 @@ def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_s
     """
     data, truth = fashion_mnist_subset.data, fashion_mnist_subset.poison_indices
     logits, features = partial_outputs
-    result = quarantine_isolation(logits, features, data, 10, "resnet_small", None, seed_ratio=seed_ratio,
+    result = quarantine_isolation(logits, features, data, 10, "resnet_small", None, seed_ratio=0.05,
                                   diversity_margin=0.18, spectral_margin=1.5, threshold=0.3,
                                   config=FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"),
-                                  device=torch.device("cpu"), seed=2, rounds=rounds)
+                                  device=torch.device("cpu"), seed=2, rounds=1)
     assert result.details["suspicious_classes"] == [0]
-    assert len(result.details["seed_count"]) == rounds
-    if seed_ratio is None:  # the seeds came from the mixture, not from a known share
-        target_size = int((data.labels == 0).sum())
-        assert 0 < result.details["seed_count"][0] == min(result.details["confident_seed_count"]["0"], target_size // 4)
+    assert len(result.details["seed_count"]) == 1 and 0 < result.details["seed_count"][0] <= 600  # ≤ 5% of 12k
     scores = isolation_metrics(result.isolated, truth, len(data))
-    print(seed_ratio, scores)
     assert scores["isolation_precision"] >= 0.85, scores
     assert scores["isolation_recall"] >= 0.90, scores
