@@ -32,6 +32,9 @@ from ptdefense.params import load_params  # noqa: E402
 from ptdefense.training import FitConfig, fit, pick_device, seed_everything  # noqa: E402
 
 
+THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)  # quarantine probabilities swept on the same quarantine model
+
+
 def measure(params, attack_name: str, rate: float, method: str, train, device, cache: Path | None) -> dict:
     num_classes = dataset_num_classes(params.data.name)
     attack = build_attack(attack_name, num_classes, rate, params.attack.target_label, params.seed,
@@ -56,7 +59,9 @@ def measure(params, attack_name: str, rate: float, method: str, train, device, c
     scores = isolation_metrics(result.isolated, poisoned.poison_indices, len(poisoned.data))
     # The same quarantine model at other probability thresholds: how sensitive the cut is.
     sweep = {}
-    classes = result.details.get("suspicious_classes") or []
+    # The labels isolation actually drew from: flagged, minus those it cleared for lack of seeds.
+    cleared = result.details.get("cleared_classes") or []
+    classes = [label for label in result.details.get("suspicious_classes") or [] if label not in cleared]
     if method != "ratio" and classes:
         in_suspicious = torch.isin(poisoned.data.labels, torch.tensor(classes))
         for threshold in THRESHOLDS:
@@ -67,9 +72,6 @@ def measure(params, attack_name: str, rate: float, method: str, train, device, c
             "suspicious_classes": result.details.get("suspicious_classes"),
             "low_loss_mode_size": result.details.get("low_loss_mode_size"),
             "seed_count": result.details.get("seed_count"), "wall_seconds": time.perf_counter() - started}
-
-
-THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 def _percent(value) -> str:
