@@ -13,6 +13,7 @@ from ptdefense.data import ImageSet
 from ptdefense.defenses.pt import build_partial_model, recalibrate_batchnorm
 from ptdefense.models import build_model, model_names, num_blocks
 from ptdefense.models.io import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
+from ptdefense.params import ParamsError, validate_params
 from ptdefense.training import FitConfig, fit, predict_logits
 
 CPU = torch.device("cpu")
@@ -41,9 +42,11 @@ def batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 # --- architecture -------------------------------------------------------------------------------
 
 def test_registry():
-    assert model_names() == ["resnet18", "resnet_small"]
+    assert model_names() == ["preact_resnet18", "resnet18", "resnet_small", "vgg_small"]
     assert num_blocks("resnet_small") == 5
     assert num_blocks("resnet18") == 6
+    assert num_blocks("preact_resnet18") == 6
+    assert num_blocks("vgg_small") == 5
     with pytest.raises(ValueError, match="resnet_small"):
         num_blocks("vgg")
     with pytest.raises(ValueError, match="resnet_small"):
@@ -73,9 +76,159 @@ def test_num_classes_and_width():
     assert build_model("resnet_small", 1, 10).blocks["stem"][0].out_channels == 16  # default width
 
 
-def test_resnet18_rejects_other_width():
-    with pytest.raises(ValueError, match="64"):
-        build_model("resnet18", 3, 10, width=32)
+def test_resnet18_width():
+    model = build_model("resnet18", 3, 10, width=8)
+    assert model.blocks["stem"][0].out_channels == 8
+    assert model.blocks["layer4"][1].conv2.out_channels == 64
+    assert model.blocks["head"][-1].in_features == 64
+    # Same structure as the default width: the same parameter and buffer names.
+    default = build_model("resnet18", 3, 10)
+    assert default.blocks["stem"][0].out_channels == 64
+    assert default.blocks["head"][-1].in_features == 512
+    assert list(model.state_dict()) == list(default.state_dict())
+
+
+def test_resnet18_default_width_is_torchvision_resnet18():
+    """The width-64 model is unchanged: torchvision's ResNet-18 stages, names and all (saved models load)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 10)
+    torch.manual_seed(0)
+    reference = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=10)
+    stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+    expected = {f"blocks.stem.{k}": v for k, v in stem.state_dict().items()}
+    for stage in ["layer1", "layer2", "layer3", "layer4"]:
+        expected.update({f"blocks.{stage}.{k}": v for k, v in getattr(reference, stage).state_dict().items()})
+    expected.update({f"blocks.head.2.{k}": v for k, v in reference.fc.state_dict().items()})
+    state = model.state_dict()
+    assert list(state) == list(expected)
+    for key, value in expected.items():
+        assert torch.equal(state[key], value), key  # same seed, same initial weights
+
+
+def test_vgg_small_default_width():
+    model = build_model("vgg_small", 3, 10)
+    assert model.blocks["stage1"][0].out_channels == 32
+    assert model.blocks["head"][-1].in_features == 256
+    assert sum(1 for m in model.modules() if isinstance(m, nn.Conv2d)) == 6
+
+
+def test_preact_resnet18_structure():
+    model = build_model("preact_resnet18", 3, 10, width=8)
+    assert isinstance(model.blocks["stem"], nn.Conv2d)  # pre-activation: no BN/ReLU after the stem conv
+    assert isinstance(model.blocks["head"][0], nn.BatchNorm2d)  # the final BN-ReLU lives in the head
+    assert model.blocks["head"][0].num_features == 64
+    assert build_model("preact_resnet18", 3, 10).blocks["stem"].out_channels == 64  # default width
+
+
+# --- every registered model ---------------------------------------------------------------------
+
+TEST_WIDTH = 8
+EXPECTED_BLOCKS = {
+    "resnet_small": ["stem", "layer1", "layer2", "layer3", "head"],
+    "resnet18": ["stem", "layer1", "layer2", "layer3", "layer4", "head"],
+    "preact_resnet18": ["stem", "layer1", "layer2", "layer3", "layer4", "head"],
+    "vgg_small": ["stage1", "stage2", "stage3", "stage4", "head"],
+}
+
+
+def test_expected_blocks_cover_the_registry():
+    assert sorted(EXPECTED_BLOCKS) == model_names()
+
+
+def make(name: str, in_channels: int = 3, num_classes: int = 10, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(name, in_channels, num_classes, TEST_WIDTH)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_blocks(name):
+    model = make(name)
+    assert model.block_names == EXPECTED_BLOCKS[name]
+    assert len(model.blocks) == num_blocks(name) == len(model.block_names)
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 13, 17), (3, 8, 8)])
+def test_every_model_forward_shapes(name, shape):
+    model = make(name, in_channels=shape[0], num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, *shape))
+    assert out.shape == (2, 7)
+    assert out.dtype == torch.float32
+    assert bool(torch.isfinite(out).all())
+
+
+def _bn_stats(module: nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for norm in batchnorms(module) for t in (norm.running_mean, norm.running_var)]
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("which", ["first", "all_but_head"])
+def test_every_model_freeze_prefix(name, which):
+    model = make(name)
+    names = model.block_names
+    count = 1 if which == "first" else num_blocks(name) - 1
+    model.freeze_prefix(count)
+    model.train()
+    before = {block: block_state(model, block) for block in names}
+    trainable_stats = _bn_stats(nn.ModuleList(model.blocks[block] for block in names[count:]))
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    out = model(torch.randn(4, 3, 16, 16))
+    out.logsumexp(dim=1).sum().backward()
+    optimiser.step()
+    for index, block in enumerate(names):
+        parameters = list(model.blocks[block].parameters())
+        assert parameters, block
+        if index < count:
+            assert all(not p.requires_grad and p.grad is None for p in parameters), block
+            after = model.blocks[block].state_dict()
+            for key, value in before[block].items():  # weights and BatchNorm statistics alike
+                assert torch.equal(after[key], value), f"{block}.{key} changed although frozen"
+            assert all(not norm.training for norm in batchnorms(model.blocks[block])), block
+        else:
+            assert all(p.requires_grad and p.grad is not None for p in parameters), block
+    # The trainable blocks' BatchNorm statistics did move (train-mode forward).
+    moved = _bn_stats(nn.ModuleList(model.blocks[block] for block in names[count:]))
+    if trainable_stats:
+        assert any(not torch.equal(a, b) for a, b in zip(moved, trainable_stats))
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_freeze_too_large(name):
+    blocks = num_blocks(name)
+    model = make(name)
+    for count in (blocks, blocks + 1, -1):
+        with pytest.raises(ValueError) as info:
+            model.freeze_prefix(count)
+        assert f"0..{blocks - 1}" in str(info.value)
+        assert all(block in str(info.value) for block in EXPECTED_BLOCKS[name])
+    assert model.frozen_prefix == 0
+    # The params file is checked against the same range.
+    assert validate_params({"model": {"name": name}, "freeze_layers": blocks - 1}).freeze_layers == blocks - 1
+    with pytest.raises(ParamsError, match=rf"0\.\.{blocks - 1}"):
+        validate_params({"model": {"name": name}, "freeze_layers": blocks})
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_save_load_roundtrip(tmp_path, name):
+    model = make(name, in_channels=1, num_classes=5)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 1, 28, 28) * 3 + 1)  # non-default BatchNorm statistics
+    spec = {"architecture": name, "in_channels": 1, "num_classes": 5, "width": TEST_WIDTH}
+    save_model(model, tmp_path / "m", spec)
+    loaded, loaded_spec = load_model(tmp_path / "m", "train-backdoored")
+    assert loaded_spec["block_names"] == EXPECTED_BLOCKS[name]
+    images = torch.randn(3, 1, 28, 28)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), loaded(images))
+    # A model of another seed gives other outputs: the comparison is not vacuous.
+    other = make(name, in_channels=1, num_classes=5, seed=1).eval()
+    with torch.no_grad():
+        assert not torch.equal(other(images), loaded(images))
 
 
 @pytest.mark.parametrize("count", [5, 6, -1])

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from ptdefense.models.blocknet import BlockNet
+from ptdefense.models.preact import PreActBlock
 
 
 def _downsample(in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
@@ -39,24 +40,100 @@ def resnet_small(in_channels: int, num_classes: int, width: int = 16) -> BlockNe
     ))
 
 
-def resnet18(in_channels: int, num_classes: int, width: int = 64) -> BlockNet:
-    """CIFAR-style ResNet-18 (3×3 stem, no max-pool) from torchvision's ResNet.
+def _torchvision_resnet_init(module: nn.Module) -> nn.Module:
+    """The initialisation torchvision's ResNet applies (He-normal convs, BatchNorm 1/0, default Linear)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.constant_(layer.weight, 1)
+            nn.init.constant_(layer.bias, 0)
+    return module
 
-    Six blocks: stem, layer1..layer4, head.
+
+def resnet18(in_channels: int, num_classes: int, width: int = 64) -> BlockNet:
+    """CIFAR-style ResNet-18 (3×3 stem, no max-pool) of torchvision BasicBlocks, about 11.2M parameters.
+
+    Six blocks: stem (conv-BN-ReLU), layer1 (stride 1), layer2, layer3, layer4 (stride 2 each; two
+    BasicBlocks per stage), head (avg-pool, linear). `width` is the first stage's channel count;
+    the stages have width, 2w, 4w, 8w channels.
+
+    At the default width 64 the layers come from torchvision's `ResNet` itself, exactly as before
+    `width` could be changed (same parameter names and, for a given seed, the same initial weights).
+    Other widths build the same structure from torchvision's `BasicBlock` with torchvision's init.
     """
-    net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, width_per_group=64)
-    if width != 64:
-        raise ValueError("resnet18 has a fixed width of 64; set model.width: 64")
-    stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+    if width == 64:  # built in this order, the seeded initial weights match earlier versions
+        net = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, width_per_group=64)
+        stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        return BlockNet(OrderedDict(
+            stem=stem, layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4,
+            head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.fc),
+        ))
+    stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    stages = OrderedDict()
+    channels = width
+    for index, (out_channels, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)], start=1):
+        stages[f"layer{index}"] = nn.Sequential(_basic(channels, out_channels, stride), _basic(out_channels, out_channels, 1))
+        channels = out_channels
     return BlockNet(OrderedDict(
-        stem=stem, layer1=net.layer1, layer2=net.layer2, layer3=net.layer3, layer4=net.layer4,
-        head=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.fc),
+        stem=_torchvision_resnet_init(stem),
+        **{name: _torchvision_resnet_init(stage) for name, stage in stages.items()},
+        head=_head(channels, num_classes),
+    ))
+
+
+def preact_resnet18(in_channels: int, num_classes: int, width: int = 64) -> BlockNet:
+    """CIFAR-style PreAct-ResNet-18 as trained by backdoor benchmarks (BackdoorBench, ABL), about 11.2M parameters.
+
+    Six blocks: stem (a bare 3×3 conv: pre-activation, so no BN/ReLU after it), layer1 (stride 1),
+    layer2, layer3, layer4 (stride 2 each; two `PreActBlock`s per stage), head (final BN-ReLU,
+    avg-pool, linear). `width` is the first stage's channel count (default 64); the stages have
+    width, 2w, 4w, 8w channels. PyTorch's default initialisation, as in those benchmarks.
+    """
+    blocks: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Conv2d(in_channels, width, 3, padding=1, bias=False))
+    channels = width
+    for index, (out_channels, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)], start=1):
+        blocks[f"layer{index}"] = nn.Sequential(PreActBlock(channels, out_channels, stride), PreActBlock(out_channels, out_channels, 1))
+        channels = out_channels
+    blocks["head"] = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                   nn.Linear(channels, num_classes))
+    return BlockNet(blocks)
+
+
+def _vgg_stage(in_channels: int, out_channels: list[int]) -> nn.Sequential:
+    """conv3×3-BN-ReLU for each entry, then a 2×2 max-pool in ceil mode (a 1-pixel map stays 1 pixel)."""
+    layers: list[nn.Module] = []
+    for channels in out_channels:
+        layers += [nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
+        in_channels = channels
+    layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+    return nn.Sequential(*layers)
+
+
+def vgg_small(in_channels: int, num_classes: int, width: int = 32) -> BlockNet:
+    """A VGG-11-like net with BatchNorm, channels [w, M, 2w, M, 4w, 4w, M, 8w, 8w, M], about 1.13M parameters at width 32.
+
+    Five blocks: stage1 (w), stage2 (2w), stage3 (4w, 4w), stage4 (8w, 8w), each ending in a 2×2
+    max-pool, and head (global avg-pool, linear; no VGG MLP classifier). The pools use ceil_mode,
+    so a map never shrinks to zero (8×8 → 4, 2, 1, 1; 13×17 → 7×9, 4×5, 2×3, 1×2): any input of
+    at least 1×1 works, and the global pool makes the head independent of the input size.
+    Convolutions have no bias (BatchNorm follows). torchvision's `make_layers` is not used: it
+    hard-codes 3 input channels and floor-mode pools, which would shrink an 8×8 input to nothing.
+    """
+    return BlockNet(OrderedDict(
+        stage1=_vgg_stage(in_channels, [width]),
+        stage2=_vgg_stage(width, [2 * width]),
+        stage3=_vgg_stage(2 * width, [4 * width, 4 * width]),
+        stage4=_vgg_stage(4 * width, [8 * width, 8 * width]),
+        head=_head(8 * width, num_classes),
     ))
 
 
 _BUILDERS: dict[str, tuple[Callable[..., BlockNet], int]] = {
     "resnet_small": (resnet_small, 5),
     "resnet18": (resnet18, 6),
+    "preact_resnet18": (preact_resnet18, 6),
+    "vgg_small": (vgg_small, 5),
 }
 
 
