@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from ptdefense.artifacts import resolve_path, write_json, write_text  # noqa: E402
 from ptdefense.attacks import build_attack  # noqa: E402
-from ptdefense.data import dataset_num_classes, load_dataset  # noqa: E402
+from ptdefense.data import load_dataset  # noqa: E402
 from ptdefense.defenses.isolation import isolate_samples  # noqa: E402
 from ptdefense.defenses.pt import build_partial_model  # noqa: E402
 from ptdefense.metrics import isolation_metrics  # noqa: E402
@@ -35,8 +35,8 @@ from ptdefense.training import FitConfig, fit, pick_device, seed_everything  # n
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)  # quarantine probabilities swept on the same quarantine model
 
 
-def measure(params, attack_name: str, rate: float, method: str, train, device, cache: Path | None) -> dict:
-    num_classes = dataset_num_classes(params.data.name)
+def measure(params, attack_name: str, rate: float, method: str, train, num_classes: int, device,
+            cache: Path | None) -> dict:
     attack = build_attack(attack_name, num_classes, rate, params.attack.target_label, params.seed,
                           getattr(params.attack, attack_name))
     poisoned = attack.poison(train, device)
@@ -108,12 +108,14 @@ def main() -> None:
     params = load_params("params.yaml")
     seed_everything(params.seed)
     device = pick_device(params.device)
-    train, _ = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
-                            params.data.train_limit, params.data.test_limit)
+    loaded = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
+                          params.data.train_limit, params.data.test_limit, image_size=params.data.image_size,
+                          test_split=params.data.test_split, seed=params.seed)
+    train, num_classes = loaded.train, loaded.num_classes
     rows = []
     for attack_name in args.attacks:
         for rate in args.rates:
-            rows.append(measure(params, attack_name, rate, args.method, train, device, args.cache))
+            rows.append(measure(params, attack_name, rate, args.method, train, num_classes, device, args.cache))
             print(table(rows[-1:]).splitlines()[2], flush=True)
     report = table(rows)
     print(report)

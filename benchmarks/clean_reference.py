@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from ptdefense.artifacts import resolve_path, write_json  # noqa: E402
 from ptdefense.attacks import attack_names, build_attack  # noqa: E402
-from ptdefense.data import dataset_num_classes, load_dataset  # noqa: E402
+from ptdefense.data import load_dataset  # noqa: E402
 from ptdefense.metrics import attack_success_rate, clean_accuracy  # noqa: E402
 from ptdefense.models import build_model  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
@@ -29,9 +29,10 @@ def main() -> None:
     params = load_params("params.yaml")
     seed_everything(params.seed)
     device = pick_device(params.device)
-    train, test = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
-                               params.data.train_limit, params.data.test_limit)
-    num_classes = dataset_num_classes(params.data.name)
+    loaded = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
+                          params.data.train_limit, params.data.test_limit, image_size=params.data.image_size,
+                          test_split=params.data.test_split, seed=params.seed)
+    train, test, num_classes = loaded.train, loaded.test, loaded.num_classes
     torch.manual_seed(params.seed)
     model = build_model(params.model.name, train.image_shape[0], num_classes, params.model.width)
     started = time.perf_counter()

@@ -32,7 +32,17 @@ def attack(name: str, rate: float | None = 0.05, seed: int = 0, target: int = 2,
 
 
 def test_registry_lists_every_attack():
-    assert attack_names() == ALL
+    assert attack_names() == sorted([*ALL, "none"])  # "none": the scanning workflow, tested below
+
+
+def test_none_takes_the_training_set_as_it_is():
+    data = make_set()
+    result = attack("none", rate=0.2, target=99).poison(data)  # rate and target are ignored
+    assert result.poison_indices.numel() == 0 and result.cross_indices.numel() == 0
+    assert torch.equal(result.data.images, data.images) and torch.equal(result.data.labels, data.labels)
+    triggered = attack("none").triggered_test(make_set(50, seed=9))
+    assert len(triggered.data) == 0 and triggered.attack_targets.numel() == 0
+    assert triggered.data.image_shape == (1, 16, 16)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -232,5 +242,5 @@ def test_clean_label_rate_beyond_the_target_class_fails():
 
 
 def test_unknown_attack_lists_all():
-    with pytest.raises(ValueError, match="valid choices: " + ", ".join(ALL)):
+    with pytest.raises(ValueError, match="valid choices: " + ", ".join(sorted([*ALL, "none"]))):
         build_attack("kitty", 10)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ptdefense.artifacts import ArtifactError
-from ptdefense.data import DatasetUnavailable, ImageSet, dataset_num_classes, load_dataset
+from ptdefense.data import DatasetInvalid, DatasetUnavailable, ImageSet, dataset_num_classes, load_dataset
 from ptdefense.data import loaders
 from ptdefense.data.dataset import load_npz
 
@@ -83,7 +83,8 @@ def test_load_idx_roundtrip(tmp_path, gz, layout):
     root = tmp_path / "raw"
     directory = root if layout == "flat" else root / "FashionMNIST" / "raw"
     train, test = write_dataset(directory, gz)
-    loaded_train, loaded_test = load_dataset("fashion_mnist", root, download=False)
+    loaded = load_dataset("fashion_mnist", root, download=False)
+    loaded_train, loaded_test = loaded.train, loaded.test
     assert_split(loaded_train, train)
     assert_split(loaded_test, test)
 
@@ -95,14 +96,16 @@ def test_mixed_plain_and_gz(tmp_path):
     write(root / TRAIN_LABELS, idx1_bytes(train[1]), gz=False)
     write(root / TEST_IMAGES, idx3_bytes(test[0]), gz=False)
     write(root / TEST_LABELS, idx1_bytes(test[1]), gz=True)
-    loaded_train, loaded_test = load_dataset("fashion_mnist", root, download=False)
+    loaded = load_dataset("fashion_mnist", root, download=False)
+    loaded_train, loaded_test = loaded.train, loaded.test
     assert_split(loaded_train, train)
     assert_split(loaded_test, test)
 
 
 def test_system_copy_used_as_fallback(tmp_path, no_system_copy):
     train, test = write_dataset(no_system_copy, gz=True)
-    loaded_train, loaded_test = load_dataset("fashion_mnist", tmp_path / "empty-root", download=False)
+    loaded = load_dataset("fashion_mnist", tmp_path / "empty-root", download=False)
+    loaded_train, loaded_test = loaded.train, loaded.test
     assert_split(loaded_train, train)
     assert_split(loaded_test, test)
 
@@ -111,7 +114,8 @@ def test_local_root_preferred_over_system_copy(tmp_path, no_system_copy):
     write_dataset(no_system_copy, gz=True, n_train=3, n_test=3)
     root = tmp_path / "raw"
     train, test = write_dataset(root, gz=False, n_train=9, n_test=5)
-    loaded_train, loaded_test = load_dataset("fashion_mnist", root, download=False)
+    loaded = load_dataset("fashion_mnist", root, download=False)
+    loaded_train, loaded_test = loaded.train, loaded.test
     assert_split(loaded_train, train)
     assert_split(loaded_test, test)
 
@@ -120,8 +124,8 @@ def test_local_root_preferred_over_system_copy(tmp_path, no_system_copy):
 def test_limits_take_the_first_samples(tmp_path, train_limit, test_limit):
     root = tmp_path / "raw"
     train, test = write_dataset(root, gz=False, n_train=12, n_test=7)
-    loaded_train, loaded_test = load_dataset("fashion_mnist", root, download=False,
-                                             train_limit=train_limit, test_limit=test_limit)
+    loaded = load_dataset("fashion_mnist", root, download=False, train_limit=train_limit, test_limit=test_limit)
+    loaded_train, loaded_test = loaded.train, loaded.test
     assert_split(loaded_train, (train[0][:train_limit], train[1][:train_limit]))
     assert_split(loaded_test, (test[0][:test_limit], test[1][:test_limit]))
 
@@ -147,11 +151,11 @@ def test_half_a_dataset_is_not_found(tmp_path):
 
 
 def test_unknown_dataset_name(tmp_path):
-    with pytest.raises(DatasetUnavailable, match="fashion_mnist"):
-        load_dataset("cifar10", tmp_path, download=False)
+    with pytest.raises(ValueError, match="fashion_mnist"):
+        load_dataset("svhn", tmp_path, download=False)
     assert dataset_num_classes("fashion_mnist") == 10
     with pytest.raises(ValueError, match="fashion_mnist"):
-        dataset_num_classes("cifar10")
+        dataset_num_classes("svhn")
 
 
 def _bad_magic_header() -> bytes:
@@ -176,7 +180,7 @@ def test_corrupt_image_file(tmp_path, kind, gz):
     good = (root / TRAIN_IMAGES).read_bytes()
     (root / TRAIN_IMAGES).unlink()
     bad = write(root / TRAIN_IMAGES, CORRUPTIONS[kind](good), gz)
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(bad) in str(info.value)
 
@@ -185,7 +189,7 @@ def test_corrupt_label_file(tmp_path):
     root = tmp_path / "raw"
     write_dataset(root, gz=False)
     (root / TEST_LABELS).write_bytes(b"\x00\x00\x08")
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(root / TEST_LABELS) in str(info.value)
 
@@ -195,7 +199,7 @@ def test_truncated_gzip_stream(tmp_path):
     write_dataset(root, gz=True)
     path = root / (TRAIN_IMAGES + ".gz")
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(path) in str(info.value)
 
@@ -204,7 +208,7 @@ def test_image_label_count_mismatch(tmp_path):
     root = tmp_path / "raw"
     write_dataset(root, gz=False, n_train=12)
     (root / TRAIN_LABELS).write_bytes(idx1_bytes(np.zeros(11, dtype=np.uint8)))
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(root / TRAIN_IMAGES) in str(info.value)
     assert str(root / TRAIN_LABELS) in str(info.value)
@@ -215,7 +219,7 @@ def test_images_and_labels_swapped(tmp_path):
     root = tmp_path / "raw"
     write_dataset(root, gz=False)
     (root / TRAIN_IMAGES).write_bytes(idx1_bytes(np.zeros(12, dtype=np.uint8)))
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(root / TRAIN_IMAGES) in str(info.value)
 
@@ -226,7 +230,7 @@ def test_corrupt_unknown_type_byte_in_idx_header(tmp_path):
     good = bytearray((root / TRAIN_IMAGES).read_bytes())
     good[2] = 0x0A  # magic 0x00000803 -> 0x00000A03: no idx type has code 0x0A
     (root / TRAIN_IMAGES).write_bytes(bytes(good))
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(root / TRAIN_IMAGES) in str(info.value)
 
@@ -236,7 +240,7 @@ def test_idx_file_of_wrong_element_type(tmp_path):
     write_dataset(root, gz=False, n_train=12)
     pixels = np.zeros((12, 28, 28), dtype=">i4")  # a self-consistent int32 idx3 file
     (root / TRAIN_IMAGES).write_bytes(struct.pack(">IIII", 0x00000C03, 12, 28, 28) + pixels.tobytes())
-    with pytest.raises(DatasetUnavailable) as info:
+    with pytest.raises(DatasetInvalid) as info:
         load_dataset("fashion_mnist", root, download=False)
     assert str(root / TRAIN_IMAGES) in str(info.value)
 

@@ -8,8 +8,6 @@ params.yaml.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from dvc_workspace import copy_repo, run
 STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference",
           "evaluate"]
 METHODS = ("no_defense", "abl", "pt", "clean_reference")
@@ -34,46 +32,9 @@ TINY = {
 }
 
 
-def _env(workspace: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
-    return env
-
-
-def _run(args: list[str], workspace: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=workspace, env=_env(workspace), capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
-
-
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    """A git + DVC copy of the repository's tracked and untracked-but-not-ignored files."""
-    target = tmp_path_factory.mktemp("e2e") / "repo"
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
-    for name in filter(None, listed):
-        source = REPO / name
-        if not source.is_file() or name == "dvc.lock" or name.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
-            continue
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target / name)
-    params = yaml.safe_load((target / "params.yaml").read_text())
-    (target / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    _run(["git", "init", "-q"], target)
-    _run(["git", "add", "-A"], target)
-    _run(["git", "commit", "-qm", "tiny"], target)
-    return target
+    return copy_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY)
 
 
 _QUERY = """
@@ -98,13 +59,13 @@ def _mlflow_runs(workspace: Path, filter_string: str) -> dict:
     Keeping mlflow (sqlalchemy, pyarrow, pandas, each with native threads) out of the test
     process leaves the unit tests that train torch models in a process of their own making.
     """
-    result = _run([sys.executable, "-c", _QUERY, f"sqlite:///{workspace / 'mlflow.db'}", filter_string], workspace)
+    result = run([sys.executable, "-c", _QUERY, f"sqlite:///{workspace / 'mlflow.db'}", filter_string], workspace)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def reproduced(workspace: Path) -> subprocess.CompletedProcess:
-    return _run(["dvc", "repro"], workspace)
+    return run(["dvc", "repro"], workspace)
 
 
 def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
@@ -140,7 +101,7 @@ def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
 
 
 def test_plots_show_renders_every_declared_plot(workspace, reproduced):
-    _run(["dvc", "plots", "show", "-o", "rendered"], workspace)
+    run(["dvc", "plots", "show", "-o", "rendered"], workspace)
     page = (workspace / "rendered/index.html").read_text()
     for plot in ("isolation_precision", "isolation_recall", "clean_accuracy", "attack_success_rate",
                  "loss_histogram.png", "isolation_sweep.png", "methods.png"):
@@ -148,9 +109,9 @@ def test_plots_show_renders_every_declared_plot(workspace, reproduced):
 
 
 def test_status_is_clean_and_metrics_show(workspace, reproduced):
-    status = _run(["dvc", "status"], workspace)
+    status = run(["dvc", "status"], workspace)
     assert "up to date" in status.stdout
-    shown = _run(["dvc", "metrics", "show"], workspace)
+    shown = run(["dvc", "metrics", "show"], workspace)
     assert "metrics/evaluate.json" in shown.stdout and "pt.attack_success_rate" in shown.stdout
 
 
@@ -179,9 +140,9 @@ def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
 
 
 def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduced):
-    _run(["git", "add", "-A"], workspace)
-    _run(["git", "commit", "-qm", "after repro"], workspace)
-    result = _run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "freeze2"], workspace)
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "after repro"], workspace)
+    result = run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "freeze2"], workspace)
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
     assert ran == {"partial-train", "isolate", "finetune", "evaluate"}
     assert "Stage 'poison-data' didn't change, skipping" in result.stdout
@@ -194,7 +155,7 @@ def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduc
 
 def test_exp_run_attack_name_reruns_the_whole_pipeline_with_that_attack(workspace, reproduced):
     """`dvc exp run -S attack.name=…`: the attack's own section is used and every stage re-runs."""
-    result = _run(["dvc", "exp", "run", "-S", "attack.name=sig", "-S", "attack.sig.delta=30.0", "--name", "sig"],
+    result = run(["dvc", "exp", "run", "-S", "attack.name=sig", "-S", "attack.sig.delta=30.0", "--name", "sig"],
                   workspace)
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
     assert ran == set(STAGES)
@@ -220,7 +181,7 @@ def test_bad_params_fail_before_any_work_with_a_clear_message(workspace, reprodu
         params["attack"]["poison_rate"] = 1.5
         params["train"]["epochz"] = 3
         params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-        result = _run(["dvc", "repro"], workspace, check=False)
+        result = run(["dvc", "repro"], workspace, check=False)
         assert result.returncode != 0
         output = result.stdout + result.stderr
         assert "attack.poison_rate" in output and "less than 1" in output

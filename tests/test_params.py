@@ -241,7 +241,7 @@ def test_isolation_method_lists_valid_values():
     ({"partial": {"frozen_bn": "frozen"}}, "partial.frozen_bn"),
     ({"finetune": {"init": "pretrained"}}, "finetune.init"),
     ({"train": {"precision": "fp16"}}, "train.precision"),
-    ({"data": {"name": "cifar10"}}, "data.name"),
+    ({"data": {"name": "svhn"}}, "data.name"),
     ({"data": {"train_limit": 0}}, "data.train_limit"),
     ({"train": {"momentum": 1.0}}, "train.momentum"),
 ])

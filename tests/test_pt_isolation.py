@@ -86,7 +86,7 @@ def test_suspicious_classes_flags_dirty_label_poison_by_its_diverse_easy_samples
 @pytest.fixture(scope="module")
 def fashion_mnist_subset():
     try:
-        train, _ = load_dataset("fashion_mnist", Path("/nonexistent"), download=False, train_limit=12000)
+        train = load_dataset("fashion_mnist", Path("/nonexistent"), download=False, train_limit=12000).train
     except DatasetUnavailable as error:
         pytest.fail(f"Fashion-MNIST is needed (apt-get install dataset-fashion-mnist): {error}")
     attack = build_attack("badnets", 10, poison_rate=0.1, target_label=0, seed=0)

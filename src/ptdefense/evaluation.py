@@ -18,20 +18,24 @@ from ptdefense.artifacts import read_json, write_json, write_text
 from ptdefense.data.dataset import ImageSet, load_npz
 from ptdefense.metrics import (attack_success_rate, clean_accuracy, defense_effectiveness_rating,
                                isolation_metrics, robust_accuracy)
-from ptdefense.models.io import load_model
+from ptdefense.models.io import load_model, skipped_reason
 from ptdefense.params import Params
 from ptdefense.plots import plot_isolation_sweep, plot_loss_histograms, plot_method_scores
 from ptdefense.tracking import flatten
 from ptdefense.training import per_sample_loss, predict
 from ptdefense import pipeline as paths
+from ptdefense.pipeline import dataset_info
 
 METHOD_TITLES = {"no_defense": "no defense", "abl": "ABL", "pt": "PT", "clean_reference": "clean reference (bound)"}
 ISOLATION_KEYS = ("isolation_precision", "isolation_recall", "isolation_false_positive_rate", "isolation_f1",
-                  "isolated_count")
+                  "isolated_count", "isolated_per_class")
 SWEEP_RATIOS = (0.005, *[step / 100 for step in range(1, 31)])
 
 
 def model_metrics(model, clean: ImageSet, triggered: ImageSet, attack_targets: torch.Tensor, device) -> dict:
+    if not len(triggered):  # attack.name none: no trigger is known, so nothing measures the backdoor
+        return {"clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels),
+                "attack_success_rate": None, "robust_accuracy": None}
     triggered_predictions = predict(model, triggered.images, device)
     return {
         "clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels),
@@ -52,10 +56,11 @@ def comparison_table(scores: dict[str, dict], isolation: dict[str, dict], comput
     table = {}
     for method, row in scores.items():
         entry = dict(row)
-        entry["defense_effectiveness_rating"] = defense_effectiveness_rating(
-            baseline["clean_accuracy"], baseline["attack_success_rate"], row["clean_accuracy"], row["attack_success_rate"])
+        entry["defense_effectiveness_rating"] = None if row["attack_success_rate"] is None else \
+            defense_effectiveness_rating(baseline["clean_accuracy"], baseline["attack_success_rate"],
+                                         row["clean_accuracy"], row["attack_success_rate"])
         if method in isolation:
-            entry.update({key: isolation[method][key] for key in ISOLATION_KEYS})
+            entry.update({key: isolation[method][key] for key in ISOLATION_KEYS if key in isolation[method]})
         entry.update(compute.get(method, {}))
         table[method] = entry
     return table
@@ -65,7 +70,11 @@ def _percent(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def comparison_markdown(table: dict[str, dict], title: str, poison_count: int) -> str:
+def _number(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def comparison_markdown(table: dict[str, dict], title: str, poison_count: int | None) -> str:
     lines = [f"# {title}", "",
              "| method | clean accuracy % | attack success rate % | robust accuracy % | DER | isolated | "
              "isolation precision % | recall % | FPR % | F1 % | wall s | sample-epochs |",
@@ -75,18 +84,19 @@ def comparison_markdown(table: dict[str, dict], title: str, poison_count: int) -
         lines.append(
             f"| {METHOD_TITLES.get(method, method)} | {_percent(row['clean_accuracy'])} "
             f"| {_percent(row['attack_success_rate'])} | {_percent(row['robust_accuracy'])} "
-            f"| {row['defense_effectiveness_rating']:.4f} | {'—' if isolated is None else isolated} "
+            f"| {_number(row['defense_effectiveness_rating'])} | {'—' if isolated is None else isolated} "
             f"| {_percent(row.get('isolation_precision'))} | {_percent(row.get('isolation_recall'))} "
             f"| {_percent(row.get('isolation_false_positive_rate'))} | {_percent(row.get('isolation_f1'))} "
             f"| {row.get('wall_seconds', 0):.0f} | {row.get('sample_epochs', 0):,} |")
-    lines += ["", f"True poison samples in the training set: {poison_count}. DER = [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 "
+    known = "unknown (attack.name none without data.poison_indices)" if poison_count is None else poison_count
+    lines += ["", f"True poison samples in the training set: {known}. DER = [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 "
               "against no defense. Compute counts training only: wall seconds of the method's own stages, and "
               "sample-epochs = samples × epochs trained on.", ""]
     return "\n".join(lines)
 
 
 def isolation_sweep(rankings: dict[str, torch.Tensor], is_poison: torch.Tensor,
-                    ratios: tuple[float, ...] = SWEEP_RATIOS) -> list[dict]:
+                    ratios: tuple[float, ...] = SWEEP_RATIOS, known: bool = True) -> list[dict]:
     """Precision and recall of the top `ratio` share of each ranking (higher score = more suspicious)."""
     orders = {name: torch.sort(score, descending=True, stable=True).indices for name, score in rankings.items()}
     rows = []
@@ -95,8 +105,9 @@ def isolation_sweep(rankings: dict[str, torch.Tensor], is_poison: torch.Tensor,
         count = max(1, round(ratio * is_poison.numel()))
         for name, order in orders.items():
             hits = int(is_poison[order[:count]].sum())
-            row[f"{name}_precision"] = hits / count
-            row[f"{name}_recall"] = hits / max(1, int(is_poison.sum()))
+            # Without known poison (a scan without data.poison_indices) neither is defined: NaN.
+            row[f"{name}_precision"] = hits / count if known else float("nan")
+            row[f"{name}_recall"] = hits / max(1, int(is_poison.sum())) if known else float("nan")
         rows.append(row)
     return rows
 
@@ -115,31 +126,38 @@ def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[
     triggered_arrays = load_npz(paths.TEST_TRIGGERED, "poison-data", ("images", "labels", "attack_targets"))
     triggered = ImageSet(torch.from_numpy(triggered_arrays["images"]), torch.from_numpy(triggered_arrays["labels"]))
     attack_targets = torch.from_numpy(triggered_arrays["attack_targets"])
-    truth = torch.from_numpy(load_npz(paths.TRUTH, "poison-data", ("poison_indices",))["poison_indices"]).long()
+    truth_arrays = load_npz(paths.TRUTH, "poison-data", ("poison_indices",))
+    truth = torch.from_numpy(truth_arrays["poison_indices"]).long()
+    # A scan (attack.name none) without data.poison_indices knows no poison: no isolation precision.
+    truth_known = bool(truth_arrays.get("known", True))
     pt_arrays = load_npz(paths.ISOLATED, "isolate", ("isolated_indices", "partial_losses", "suspicion_scores"))
     abl_arrays = load_npz(paths.ABL_ISOLATION, "abl", ("isolated_indices", "isolation_losses"))
-    models = {
-        "no_defense": load_model(paths.BACKDOORED_MODEL, "train-backdoored")[0],
-        "abl": load_model(paths.ABL_MODEL, "abl")[0],
-        "pt": load_model(paths.DEFENDED_MODEL, "finetune")[0],
-        "clean_reference": load_model(paths.CLEAN_REFERENCE_MODEL, "clean-reference")[0],
-    }
+    model_sources = {"no_defense": (paths.BACKDOORED_MODEL, "train-backdoored"), "abl": (paths.ABL_MODEL, "abl"),
+                     "pt": (paths.DEFENDED_MODEL, "finetune"),
+                     "clean_reference": (paths.CLEAN_REFERENCE_MODEL, "clean-reference")}
+    models = {method: load_model(directory, producer)[0] for method, (directory, producer) in model_sources.items()
+              if skipped_reason(directory) is None}
     stage_metrics = {stage: read_json(paths.METRICS_DIR / f"{stage.replace('-', '_')}.json", stage)
                      for stage in ("train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference")}
 
     scores = {method: model_metrics(model, clean, triggered, attack_targets, device) for method, model in models.items()}
-    pt_isolated = torch.from_numpy(pt_arrays["isolated_indices"]).long()
-    isolation = {"pt": isolation_metrics(pt_isolated, truth, len(train)),
-                 "abl": isolation_metrics(torch.from_numpy(abl_arrays["isolated_indices"]).long(), truth, len(train))}
+    num_classes = dataset_info()["num_classes"]
+    isolated_sets = {"pt": torch.from_numpy(pt_arrays["isolated_indices"]).long(),
+                     "abl": torch.from_numpy(abl_arrays["isolated_indices"]).long()}
+    isolation = {}
+    for method, isolated in isolated_sets.items():
+        measured = isolation_metrics(isolated, truth, len(train))
+        if not truth_known:
+            measured = {key: (value if key == "isolated_count" else None) for key, value in measured.items()}
+        measured["isolated_per_class"] = {str(c): int(n) for c, n in
+                                          enumerate(torch.bincount(train.labels[isolated], minlength=num_classes).tolist())}
+        isolation[method] = measured
     compute = {"no_defense": compute_spent(stage_metrics["train-backdoored"]),
                "abl": compute_spent(stage_metrics["abl"]),
                "pt": compute_spent(stage_metrics["partial-train"], stage_metrics["isolate"], stage_metrics["finetune"]),
                "clean_reference": compute_spent(stage_metrics["clean-reference"])}
     table = comparison_table(scores, isolation, compute)
-    num_classes = int(max(int(train.labels.max()) + 1, params.attack.target_label + 1))
-    table["pt"]["isolated_per_class"] = {str(c): int(n) for c, n in
-                                         enumerate(torch.bincount(train.labels[pt_isolated], minlength=num_classes))}
-    metrics = {**table, "poison_count": int(truth.numel())}
+    metrics = {**table, "poison_count": int(truth.numel()) if truth_known else None}
     metrics_path = paths.METRICS_DIR / "evaluate.json"
     write_json(metrics_path, metrics)
 
@@ -156,21 +174,23 @@ def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[
                          is_poison, histogram, focus=torch.isin(train.labels, torch.tensor(flagged, dtype=torch.int64)),
                          focus_name=f"labels PT flagged: {flagged}")
     sweep = isolation_sweep({"pt": torch.from_numpy(pt_arrays["suspicion_scores"]), "pt_partial_loss": -partial_losses,
-                             "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison)
+                             "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison, known=truth_known)
     sweep_csv, sweep_png = paths.PLOTS_DIR / "isolation_sweep.csv", paths.PLOTS_DIR / "isolation_sweep.png"
     _write_csv(sweep_csv, sweep)
     chosen = {"pt": (isolation["pt"]["isolated_count"] / len(train), isolation["pt"]),
               "abl": (isolation["abl"]["isolated_count"] / len(train), isolation["abl"])}
     plot_isolation_sweep(sweep, chosen, sweep_png)
     method_rows = [{"method": METHOD_TITLES[m], "clean_accuracy": row["clean_accuracy"],
-                    "attack_success_rate": row["attack_success_rate"]} for m, row in table.items()]
+                    "attack_success_rate": "" if row["attack_success_rate"] is None else row["attack_success_rate"]}
+                   for m, row in table.items()]
     methods_csv, methods_png = paths.PLOTS_DIR / "methods.csv", paths.PLOTS_DIR / "methods.png"
     _write_csv(methods_csv, method_rows)
     plot_method_scores(method_rows, methods_png, f"{params.attack.name} on {params.data.name}")
 
-    title = (f"Comparison: {params.attack.name} on {params.data.name}, {params.model.name}, "
+    attacked = f"scan of {params.data.root}" if params.attack.name == "none" else params.attack.name
+    title = (f"Comparison: {attacked} on {params.data.name}, {params.model.name}, "
              f"freeze_layers={params.freeze_layers}, isolation {params.isolation.method}")
-    report_text = comparison_markdown(table, title, int(truth.numel()))
+    report_text = comparison_markdown(table, title, metrics["poison_count"])
     report = paths.REPORTS_DIR / "evaluate.md"
     write_text(report, report_text)
     print(report_text)

@@ -43,7 +43,10 @@ _Section = StrictSection
 
 
 class DataParams(_Section):
-    name: Literal["fashion_mnist"] = "fashion_mnist"
+    # fashion_mnist (offline default) | mnist | cifar10 | gtsrb: local copy in `root` first, then
+    # torchvision's download. imagefolder: one subfolder per class (under train/ and test/, or at
+    # the top with test_split). npz: `root` is an .npz file with x_train, y_train, x_test, y_test.
+    name: Literal["fashion_mnist", "mnist", "cifar10", "gtsrb", "imagefolder", "npz"] = "fashion_mnist"
     # Relative paths are resolved against the repository root (the real one, also under
     # `dvc exp run --temp/--queue`), absolute paths are taken as given.
     root: str = "data/raw"
@@ -51,6 +54,21 @@ class DataParams(_Section):
     # Optional subsets, for tiny test configurations. null = the whole split.
     train_limit: PositiveInt | None = None
     test_limit: PositiveInt | None = None
+    # Resize every image to image_size × image_size; null = as stored (gtsrb: 32). Needed for a
+    # folder whose images differ in size.
+    image_size: Annotated[int, Field(ge=8, le=1024)] | None = None
+    # imagefolder only: hold out this share of each class as the test set (no test/ folder).
+    test_split: Ratio | None = None
+    # attack.name none only: a text file naming the known poisoned training samples, one per line,
+    # as an index or as a file path relative to `root` (image folders). Read by evaluate only.
+    poison_indices: str | None = None
+
+    @model_validator(mode="after")
+    def _folder_only(self) -> "DataParams":
+        if self.test_split is not None and self.name != "imagefolder":
+            raise ValueError(f"data.test_split applies to data.name imagefolder only (got {self.name!r}); "
+                             "set it to null")
+        return self
 
 
 class _AttackCommon(_Section):
@@ -63,21 +81,23 @@ class _AttackCommon(_Section):
     _known_attack = field_validator("name")(lambda value: _registered(value, "attack", attack_names()))
 
     def settings(self) -> StrictSection:
-        """The chosen attack's own section (attack.<name>)."""
-        return getattr(self, self.name)
+        """The chosen attack's own section (attack.<name>); an attack without knobs has none."""
+        return getattr(self, self.name, None) or attack_class(self.name).Settings()
 
 
 # One sub-section per registered attack, typed by the attack's own Settings: a new attack module
 # brings its params section with it.
 AttackParams = create_model(
     "AttackParams", __base__=_AttackCommon,
-    **{name: (attack_class(name).Settings, attack_class(name).Settings()) for name in attack_names()},
+    **{name: (attack_class(name).Settings, attack_class(name).Settings()) for name in attack_names()
+       if attack_class(name).Settings.model_fields},
 )
 
 
 class ModelParams(_Section):
     name: str = "resnet_small"
-    # Channel width of the first stage; null = the model's own default (16 for resnet_small).
+    # Channel width of the first stage; null = the model's own default (resnet_small 16, resnet18 and
+    # preact_resnet18 64, vgg_small 32).
     width: Annotated[int, Field(ge=4, le=512)] | None = None
 
     _known_model = field_validator("name")(lambda value: _registered(value, "model", model_names()))
@@ -191,8 +211,13 @@ class Params(_Section):
         from ptdefense.data import dataset_num_classes
         from ptdefense.models import num_blocks
 
-        num_classes = dataset_num_classes(self.data.name)
-        if self.attack.target_label >= num_classes:
+        num_classes = dataset_num_classes(self.data.name)  # None: known once the files are read
+        if self.data.poison_indices is not None and self.attack.name != "none":
+            raise ValueError(
+                f"data.poison_indices lists the poison of a dataset that arrives poisoned, so it needs "
+                f"attack.name: none (got {self.attack.name!r}); set one of them accordingly"
+            )
+        if num_classes is not None and self.attack.name != "none" and self.attack.target_label >= num_classes:
             raise ValueError(
                 f"attack.target_label={self.attack.target_label} is out of range: "
                 f"{self.data.name} has classes 0..{num_classes - 1}"

@@ -28,6 +28,9 @@ ABL_ISOLATION = Path("data/abl/isolation.npz")
 CLEAN_REFERENCE_MODEL = Path("models/clean_reference")
 LOSSES_CSV = Path("data/isolation/losses.csv")
 ISOLATED = Path("data/isolation/isolated.npz")
+SUSPECTS_REPORT = Path("reports/suspects.csv")
+SUSPECTS_GRID = Path("plots/suspects.png")
+SUSPECTS_SHOWN = 40  # images in the suspects grid
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
@@ -35,13 +38,13 @@ REPORTS_DIR = Path("reports")
 
 def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, run the stage, and turn known input errors into one clear line."""
-    from ptdefense.data.loaders import DatasetUnavailable
+    from ptdefense.data.loaders import DatasetError
     from ptdefense.tracking import TrackingError
 
     try:
         params = load_params(params_path)
         stage(params)
-    except (ParamsError, ArtifactError, DatasetUnavailable, TrackingError) as error:
+    except (ParamsError, ArtifactError, DatasetError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -90,12 +93,30 @@ def _test_evaluator(model, device):
     targets = torch.from_numpy(triggered["attack_targets"])
 
     def evaluate() -> dict:
-        return {
-            "clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels),
-            "attack_success_rate": attack_success_rate(predict(model, triggered_images, device), targets),
-        }
+        scores = {"clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels)}
+        if targets.numel():  # attack.name none: no trigger is known, so there is no attack success rate
+            scores["attack_success_rate"] = attack_success_rate(predict(model, triggered_images, device), targets)
+        return scores
 
     return evaluate
+
+
+def dataset_info(path: Path = TRAIN_SET) -> dict:
+    """What poison-data stored beside the training images: the class count and names, and each
+    sample's source file (image folders, GTSRB), without loading the images themselves."""
+    import numpy as np
+
+    from ptdefense.artifacts import require_file
+
+    with np.load(require_file(path, "poison-data"), allow_pickle=False) as archive:
+        if "num_classes" not in archive.files:
+            raise ArtifactError(f"{path} predates the dataset metadata (num_classes); re-create it with "
+                                "`dvc repro poison-data`")
+        num_classes = int(archive["num_classes"])
+        class_names = [str(name) for name in archive["class_names"]] if "class_names" in archive.files else []
+        sources = [str(name) for name in archive["sources"]] if "sources" in archive.files else None
+    return {"num_classes": num_classes, "class_names": class_names or [str(c) for c in range(num_classes)],
+            "sources": sources}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,29 +124,46 @@ def poison_data(params: Params) -> None:
     import numpy as np
 
     from ptdefense.artifacts import atomic_path, resolve_path, write_json
-    from ptdefense.attacks import build_attack
-    from ptdefense.data import dataset_num_classes, load_dataset
-    from ptdefense.plots import plot_poison_examples
+    from ptdefense.attacks import PoisonedTrainSet, build_attack
+    from ptdefense.data import load_dataset
+    import torch
+
+    from ptdefense.plots import plot_image_grid, plot_poison_examples
+    from ptdefense.scanning import read_poison_list
     from ptdefense.tracking import StageRun
 
     device = _setup(params)
-    num_classes = dataset_num_classes(params.data.name)
-    attack = build_attack(params.attack.name, num_classes, params.attack.poison_rate, params.attack.target_label,
-                          params.seed, params.attack.settings())
     with StageRun("poison-data", params, _stage_params(params, "data", "attack")) as run:
-        train, test = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
-                                   params.data.train_limit, params.data.test_limit)
+        loaded = load_dataset(params.data.name, resolve_path(params.data.root), params.data.download,
+                              params.data.train_limit, params.data.test_limit, image_size=params.data.image_size,
+                              test_split=params.data.test_split, seed=params.seed)
+        train, test, num_classes = loaded.train, loaded.test, loaded.num_classes
+        try:
+            attack = build_attack(params.attack.name, num_classes, params.attack.poison_rate,
+                                  params.attack.target_label, params.seed, params.attack.settings())
+        except ValueError as error:  # a target label the dataset does not have
+            raise ParamsError(f"attack.target_label: {error} ({params.data.name} at {params.data.root} has "
+                              f"{num_classes} classes)") from None
+        known_poison = None
+        if params.data.poison_indices is not None:
+            known_poison = read_poison_list(resolve_path(params.data.poison_indices), len(train), loaded.train_sources)
         try:
             poisoned = attack.poison(train, device)
         except ValueError as error:  # e.g. more victims asked for than the data has
             raise ParamsError(f"attack {attack.name!r} cannot poison this data: {error}") from None
+        if known_poison is not None:
+            poisoned = PoisonedTrainSet(poisoned.data, known_poison)
         triggered = attack.triggered_test(test)
-        poisoned.data.save(TRAIN_SET)
+        summary_known = attack.name != "none" or known_poison is not None  # a scan may know no poison at all
+        metadata = {"num_classes": np.int64(num_classes), "class_names": np.array(loaded.class_names, dtype=str)}
+        if loaded.train_sources is not None:
+            metadata["sources"] = np.array(loaded.train_sources, dtype=str)
+        poisoned.data.save(TRAIN_SET, **metadata)
         test.save(TEST_CLEAN)
         triggered.data.save(TEST_TRIGGERED, attack_targets=triggered.attack_targets.numpy())
         with atomic_path(TRUTH) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, poison_indices=poisoned.poison_indices.numpy(),
-                     cross_indices=poisoned.cross_indices.numpy())
+                     cross_indices=poisoned.cross_indices.numpy(), known=np.bool_(summary_known))
         summary = {
             "train_size": len(poisoned.data),
             "test_size": len(test),
@@ -136,25 +174,35 @@ def poison_data(params: Params) -> None:
             "clean_label": int(attack.clean_label),
             "num_classes": num_classes,
             "image_shape": list(poisoned.data.image_shape),
+            "known_poison": summary_known,
         }
         write_json(METRICS_DIR / "poison.json", summary)
         examples = PLOTS_DIR / "poison_examples.png"
-        plot_poison_examples(train, poisoned, examples, attack.name)
-        run.log_metrics({key: value for key, value in summary.items() if key != "image_shape"})
+        if attack.name == "none":  # nothing was changed: show the known poison, else the first samples
+            shown = (known_poison if known_poison is not None and known_poison.numel() else torch.arange(len(train)))[:12]
+            plot_image_grid(train.images[shown], [f"#{int(i)} label {int(train.labels[i])}" for i in shown], examples,
+                            "known poisoned samples (data.poison_indices)" if known_poison is not None
+                            and known_poison.numel() else "training samples, scanned as they are")
+        else:
+            plot_poison_examples(train, poisoned, examples, attack.name)
+        run.log_metrics({key: value for key, value in summary.items() if key not in ("image_shape", "known_poison")})
         run.log_artifact(examples)
-        print(f"poisoned {summary['poison_count']} of {summary['train_size']} training samples "
-              f"({attack.name}, target {params.attack.target_label})", file=sys.stderr)
+        if attack.name == "none":
+            known = f"{summary['poison_count']} known poisoned (data.poison_indices)" if known_poison is not None \
+                else "none known poisoned"
+            print(f"scanning {summary['train_size']} training samples as they are, {known}", file=sys.stderr)
+        else:
+            print(f"poisoned {summary['poison_count']} of {summary['train_size']} training samples "
+                  f"({attack.name}, target {params.attack.target_label})", file=sys.stderr)
 
 
 def _dataset_spec(params: Params, train) -> dict:
-    from ptdefense.data import dataset_num_classes
-
     return {
         "architecture": params.model.name,
         "width": params.model.width,
         "in_channels": train.image_shape[0],
         "input_shape": list(train.image_shape),
-        "num_classes": dataset_num_classes(params.data.name),
+        "num_classes": dataset_info()["num_classes"],
         "dataset": params.data.name,
     }
 
@@ -222,9 +270,12 @@ def partial_train(params: Params) -> None:
 def isolate(params: Params) -> None:
     from ptdefense.artifacts import write_json
     from ptdefense.data.dataset import ImageSet
-    from ptdefense.defenses.isolation import isolate_samples
-    from ptdefense.defenses.isolation import write_isolation
+    import torch
+
+    from ptdefense.defenses.isolation import isolate_samples, write_isolation
     from ptdefense.models.io import load_model
+    from ptdefense.plots import plot_image_grid
+    from ptdefense.scanning import suspects_rows, write_suspects_report
     from ptdefense.tracking import StageRun
 
     device = _setup(params)
@@ -235,14 +286,27 @@ def isolate(params: Params) -> None:
         result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
                                          spec.get("width"), device, params.seed + 3)
         write_isolation(LOSSES_CSV, ISOLATED, train.labels, losses, result)
+        info = dataset_info()
+        suspects = suspects_rows(result.isolated, result.scores, losses, train.labels, info["class_names"],
+                                 info["sources"])
+        write_suspects_report(SUSPECTS_REPORT, suspects)
+        top = suspects[:SUSPECTS_SHOWN]
+        plot_image_grid(train.images[[row["index"] for row in top]],
+                        [f"#{row['rank']} {row['source'].rsplit('/', 1)[-1] or 'index ' + str(row['index'])}\n"
+                         f"{row['class_name']}, loss {float(row['partial_loss']):.2g}" for row in top],
+                        SUSPECTS_GRID, f"top {len(top)} of {len(suspects)} isolated samples, most suspicious first")
         quarantine_samples = result.details.get("quarantine_training_count", 0)  # summed over rounds
+        isolated_per_class = torch.bincount(train.labels[result.isolated], minlength=info["num_classes"])
         summary = {**result.details, "isolated_count": int(result.isolated.numel()),
+                   "isolated_per_class": {str(c): int(n) for c, n in enumerate(isolated_per_class.tolist())},
                    "sample_epochs": quarantine_samples * params.isolation.quarantine_epochs,
                    "isolated_share": result.isolated.numel() / len(train),
                    "wall_seconds": time.perf_counter() - started}
         write_json(METRICS_DIR / "isolate.json", summary)
         run.log_metrics(summary)
         run.log_artifact(LOSSES_CSV)
+        run.log_artifact(SUSPECTS_REPORT)
+        run.log_artifact(SUSPECTS_GRID)
         print(f"isolated {summary['isolated_count']} of {len(train)} samples", file=sys.stderr)
 
 
@@ -328,8 +392,9 @@ def abl(params: Params) -> None:
         write_json(METRICS_DIR / "abl.json", final)
         run.log_metrics(final)
         run.log_artifact(ABL_MODEL)
-        print(f"ABL: isolated {final['isolated_count']} of {len(train)}, clean accuracy "
-              f"{final['clean_accuracy']:.4f}, attack success rate {final['attack_success_rate']:.4f}", file=sys.stderr)
+        asr = final.get("attack_success_rate")
+        print(f"ABL: isolated {final['isolated_count']} of {len(train)}, clean accuracy {final['clean_accuracy']:.4f}"
+              + ("" if asr is None else f", attack success rate {asr:.4f}"), file=sys.stderr)
 
 
 def clean_reference(params: Params) -> None:
@@ -343,7 +408,7 @@ def clean_reference(params: Params) -> None:
     from ptdefense.artifacts import write_json
     from ptdefense.data.dataset import ImageSet, load_npz
     from ptdefense.models import build_model
-    from ptdefense.models.io import save_model
+    from ptdefense.models.io import save_model, save_skipped
     from ptdefense.tracking import StageRun
     from ptdefense.training import FitConfig, fit
 
@@ -356,6 +421,13 @@ def clean_reference(params: Params) -> None:
     clean = train.subset(torch.nonzero(~touched).flatten())
     spec = _dataset_spec(params, train)
     with StageRun("clean-reference", params, _stage_params(params, "model", "train")) as run:
+        if not touched.any():  # scanning without data.poison_indices: nothing is known to remove
+            reason = ("no training sample is known to be poisoned (attack.name none without data.poison_indices), "
+                      "so it would train on exactly the data of no defense")
+            save_skipped(CLEAN_REFERENCE_MODEL, reason)
+            write_json(METRICS_DIR / "clean_reference.json", {"skipped": reason, "wall_seconds": 0.0, "sample_epochs": 0})
+            print(f"clean reference skipped: {reason}", file=sys.stderr)
+            return
         torch.manual_seed(params.seed)
         model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"])
         config = FitConfig(**params.train.model_dump())

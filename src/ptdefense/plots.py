@@ -126,6 +126,8 @@ def plot_method_scores(rows: list[dict], path: str | Path, title: str) -> None:
     figure, axis = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.6))
     for offset, (key, label, colour) in zip((-0.2, 0.2), (("clean_accuracy", "clean accuracy", "tab:blue"),
                                                           ("attack_success_rate", "attack success rate", "tab:red"))):
+        if all(row[key] in (None, "") for row in rows):
+            continue  # a scan with no known trigger has no attack success rate
         values = [100 * row[key] for row in rows]
         bars = axis.bar(positions + offset, values, width=0.4, label=label, color=colour)
         axis.bar_label(bars, fmt="%.1f", fontsize=7)
@@ -134,5 +136,22 @@ def plot_method_scores(rows: list[dict], path: str | Path, title: str) -> None:
     axis.set_ylim(0, 110)
     axis.set_title(title, fontsize=10)
     axis.legend(fontsize=8, loc="upper center", ncol=2)
+    _save(figure, path)
+    plt.close(figure)
+
+
+def plot_image_grid(images: torch.Tensor, titles: list[str], path: str | Path, title: str, columns: int = 8) -> None:
+    """uint8 (N, C, H, W) images in a grid, one caption each (the isolate stage's top suspects)."""
+    plt = _figure()
+    rows = max(1, -(-len(titles) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows + 0.4), squeeze=False)
+    for position, axis in enumerate(axes.flat):
+        axis.axis("off")
+        if position < len(titles):
+            axis.imshow(_as_image(images[position]), cmap="gray", vmin=0, vmax=255)
+            axis.set_title(titles[position], fontsize=6)
+    if not titles:
+        axes[0][0].text(0.0, 0.5, "nothing to show", fontsize=9)
+    figure.suptitle(title, fontsize=9)
     _save(figure, path)
     plt.close(figure)

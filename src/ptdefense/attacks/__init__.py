@@ -4,7 +4,7 @@ from ptdefense.attacks.base import (Attack, PoisonedTrainSet, TriggeredTestSet, 
                                     build_attack, register_attack)
 
 # Importing a module registers its attack: adding an attack is one new module listed here.
-from ptdefense.attacks import badnets, blend, label_consistent, sig, trojan, wanet  # noqa: E402,F401
+from ptdefense.attacks import badnets, blend, label_consistent, none, sig, trojan, wanet  # noqa: E402,F401
 
 __all__ = ["Attack", "PoisonedTrainSet", "TriggeredTestSet", "attack_class", "attack_names", "build_attack",
            "register_attack"]

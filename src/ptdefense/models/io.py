@@ -19,17 +19,18 @@ _SAFETENSORS_ERROR = getattr(safetensors, "SafetensorError", OSError)
 
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
+# Written instead of a model by a stage with nothing to train (the clean reference, when no sample
+# is known to be poisoned); DVC still gets its output directory.
+SKIPPED_FILE = "skipped.json"
 
 
-def save_model(model: BlockNet, directory: str | Path, spec: dict) -> None:
-    """Write the model directory atomically: build it beside the target, then swap it in."""
+def _write_directory(directory: str | Path, fill) -> None:
+    """Write a directory atomically: build it beside the target with `fill(staging)`, then swap it in."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-        save_file(state, staging / WEIGHTS_FILE)
-        (staging / SPEC_FILE).write_text(json.dumps({**spec, "block_names": model.block_names}, indent=2, sort_keys=True) + "\n")
+        fill(staging)
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -38,10 +39,30 @@ def save_model(model: BlockNet, directory: str | Path, spec: dict) -> None:
             shutil.rmtree(staging)
 
 
+def save_model(model: BlockNet, directory: str | Path, spec: dict) -> None:
+    def fill(staging: Path) -> None:
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, staging / WEIGHTS_FILE)
+        (staging / SPEC_FILE).write_text(json.dumps({**spec, "block_names": model.block_names}, indent=2, sort_keys=True) + "\n")
+
+    _write_directory(directory, fill)
+
+
+def save_skipped(directory: str | Path, reason: str) -> None:
+    _write_directory(directory, lambda staging: (staging / SKIPPED_FILE).write_text(json.dumps({"skipped": reason}) + "\n"))
+
+
+def skipped_reason(directory: str | Path) -> str | None:
+    marker = Path(directory) / SKIPPED_FILE
+    return json.loads(marker.read_text())["skipped"] if marker.is_file() else None
+
+
 def load_model(directory: str | Path, producer: str) -> tuple[BlockNet, dict]:
     """Rebuild a model from its spec and load its weights (safetensors: no code is ever executed)."""
     directory = Path(directory)
     spec_path, weights_path = directory / SPEC_FILE, directory / WEIGHTS_FILE
+    if (directory / SKIPPED_FILE).is_file():
+        raise ArtifactError(f"{directory} holds no model: `{producer}` skipped it ({skipped_reason(directory)})")
     if not spec_path.is_file() or not weights_path.is_file():
         raise ArtifactError(f"{directory} is missing {SPEC_FILE} or {WEIGHTS_FILE}: it is written by the "
                             f"`{producer}` stage; run `dvc repro {producer}`")

@@ -1,0 +1,76 @@
+"""The scanning workflow: a dataset that arrives already suspicious (`attack.name: none`).
+
+Two pieces live here:
+- `read_poison_list`: the optional list of known poisoned samples (`data.poison_indices`), read by
+  poison-data into the truth file, so that evaluate can score the isolation. Each line names one
+  training sample, by index or by its file path relative to `data.root`.
+- `write_suspects_report`: the isolate stage's answer to "which samples are suspicious": a CSV of
+  the isolated samples, most suspicious first, with their source file where the data has one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from ptdefense.artifacts import write_text
+from ptdefense.params import ParamsError
+
+
+def read_poison_list(path: Path, train_size: int, sources: list[str] | None) -> torch.Tensor:
+    """Sorted, unique int64 indices of the samples that `path` names. Blank lines and `#` comments
+    are skipped. Any line that names no training sample is an error (a typo would otherwise silently
+    lower the recall that evaluate reports)."""
+    if not path.is_file():
+        raise ParamsError(f"data.poison_indices: {path} not found; point it at a text file with one poisoned "
+                          "sample per line (an index, or a file path relative to data.root), or set it to null")
+    by_source = {name: index for index, name in enumerate(sources)} if sources is not None else {}
+    indices: list[int] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ParamsError(f"data.poison_indices: {path} is not a readable text file ({error})") from None
+    for number, line in enumerate(lines, start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if entry.lstrip("-").isdigit():
+            index = int(entry)
+            if not 0 <= index < train_size:
+                raise ParamsError(f"{path}:{number}: index {index} is out of range: the training set has "
+                                  f"{train_size} samples (0..{train_size - 1})")
+        elif entry.replace("\\", "/") in by_source:
+            index = by_source[entry.replace("\\", "/")]
+        else:
+            hint = ("file paths must be relative to data.root, as in reports/suspects.csv (e.g. "
+                    f"{sources[0]!r})" if sources else "this dataset has no file names: use indices")
+            raise ParamsError(f"{path}:{number}: {entry!r} names no training sample; {hint}")
+        indices.append(index)
+    return torch.unique(torch.tensor(indices, dtype=torch.int64))
+
+
+SUSPECT_COLUMNS = ["rank", "index", "source", "label", "class_name", "partial_loss", "suspicion_score"]
+
+
+def suspects_rows(isolated: torch.Tensor, scores: torch.Tensor, losses: torch.Tensor, labels: torch.Tensor,
+                  class_names: list[str], sources: list[str] | None) -> list[dict]:
+    """The isolated samples, most suspicious first (ties broken by index)."""
+    order = isolated[torch.sort(-scores[isolated], stable=True).indices]
+    rows = []
+    for rank, index in enumerate(order.tolist(), start=1):
+        label = int(labels[index])
+        rows.append({"rank": rank, "index": index, "source": sources[index] if sources is not None else "",
+                     "label": label, "class_name": class_names[label] if label < len(class_names) else str(label),
+                     "partial_loss": f"{float(losses[index]):.6g}", "suspicion_score": f"{float(scores[index]):.6g}"})
+    return rows
+
+
+def write_suspects_report(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUSPECT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())

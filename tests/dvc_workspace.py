@@ -1,0 +1,55 @@
+"""A git + DVC copy of the repository for end-to-end tests, and a runner for commands in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env() -> dict:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    environment["GIT_AUTHOR_NAME"] = environment["GIT_COMMITTER_NAME"] = "test"
+    environment["GIT_AUTHOR_EMAIL"] = environment["GIT_COMMITTER_EMAIL"] = "test@example.invalid"
+    return environment
+
+
+def run(args: list[str], workspace: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=workspace, env=env(), capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def copy_repo(target: Path, params_override: dict) -> Path:
+    """Copy the tracked and untracked-but-not-ignored files (no outputs, no dvc.lock), apply
+    `params_override` to params.yaml, and commit it all in a fresh git repository."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        source = REPO / name
+        outputs = name.startswith(("data/", "models/", "metrics/", "plots/", "reports/")) and not name.startswith("data/raw/")
+        if not source.is_file() or name == "dvc.lock" or outputs:
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / name)
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    (target / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override), sort_keys=False))
+    run(["git", "init", "-q"], target)
+    run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", "workspace"], target)
+    return target
