@@ -87,6 +87,8 @@ def test_load_idx_roundtrip(tmp_path, gz, layout):
     loaded_train, loaded_test = loaded.train, loaded.test
     assert_split(loaded_train, train)
     assert_split(loaded_test, test)
+    # The reports name Fashion-MNIST's labels, in label order.
+    assert loaded.class_names[0] == "T-shirt/top" and loaded.class_names[9] == "Ankle boot"
 
 
 def test_mixed_plain_and_gz(tmp_path):

@@ -28,6 +28,10 @@ from ptdefense.data.dataset import ImageSet
 # Debian's package `dataset-fashion-mnist` installs the original gzip'd idx files here.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
+# Fashion-MNIST's label names (Xiao et al., 2017), for the reports.
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
 DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "gtsrb", "imagefolder", "npz")
 
 _NUM_CLASSES: dict[str, int | None] = {
@@ -116,7 +120,8 @@ def load_dataset(name: str, root: Path, download: bool = True, train_limit: int 
     root = Path(root)
     if name in ("fashion_mnist", "mnist"):
         train, test = _load_idx_dataset(name, root, download)
-        loaded = _array_dataset(train, test, 10, [str(i) for i in range(10)], train_limit, test_limit, image_size)
+        names = FASHION_MNIST_CLASSES if name == "fashion_mnist" else [str(digit) for digit in range(10)]
+        loaded = _array_dataset(train, test, 10, list(names), train_limit, test_limit, image_size)
     elif name == "cifar10":
         train, test, class_names = _load_cifar10(root, download)
         loaded = _array_dataset(train, test, 10, class_names, train_limit, test_limit, image_size)
