@@ -152,3 +152,51 @@ def test_sweep_without_known_poison_is_undefined_not_zero():
     assert all(row["pt_precision"] != row["pt_precision"] for row in rows)  # NaN
     known = isolation_sweep({"pt": torch.arange(10.0)}, torch.arange(10) >= 8, (0.2,))
     assert known[0]["pt_precision"] == 1.0 and known[0]["pt_recall"] == 1.0
+
+
+# --- the poison-data stage on bad input: one clear line, exit code 2, nothing written ------------
+
+def _folder(root: Path, corrupt: bool = False) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label, name in enumerate(("cat", "dog")):
+            for number in range(3):
+                (root / split / name).mkdir(parents=True, exist_ok=True)
+                Image.new("L", (8, 8), color=40 * label + number).save(root / split / name / f"{number}.png")
+    if corrupt:
+        (root / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+def _run_poison_data(tmp_path: Path, monkeypatch, data: dict) -> tuple[int, str]:
+    import yaml
+
+    from ptdefense.pipeline import poison_data, run_stage
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"name": "imagefolder", **data}, "attack": {"name": "none"}, "mlflow": {"enabled": False}}))
+    monkeypatch.chdir(workspace)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with pytest.raises(SystemExit) as info:
+        run_stage(poison_data, "params.yaml")
+    assert not (workspace / "data").exists() and not (workspace / "metrics").exists()  # nothing half-written
+    return info.value.code, workspace
+
+
+def test_poison_data_stops_on_a_corrupt_image_naming_it(tmp_path, monkeypatch, capsys):
+    _folder(tmp_path / "folder", corrupt=True)
+    code, _ = _run_poison_data(tmp_path, monkeypatch, {"root": str(tmp_path / "folder")})
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith("error: ") and "Traceback" not in error
+    assert str(tmp_path / "folder" / "train" / "dog" / "1.png") in error and "remove or replace it" in error
+
+
+def test_poison_data_stops_on_a_poison_list_naming_an_unknown_file(tmp_path, monkeypatch, capsys):
+    _folder(tmp_path / "folder")
+    (tmp_path / "poison.txt").write_text("train/cat/0.png\ntrain/dog/7.png\n")
+    code, _ = _run_poison_data(tmp_path, monkeypatch, {"root": str(tmp_path / "folder"),
+                                                       "poison_indices": str(tmp_path / "poison.txt")})
+    error = capsys.readouterr().err
+    assert code == 2 and f"{tmp_path / 'poison.txt'}:2: 'train/dog/7.png' names no training sample" in error
