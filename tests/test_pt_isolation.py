@@ -122,3 +122,20 @@ def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_s
     scores = isolation_metrics(result.isolated, truth, len(data))
     assert scores["isolation_precision"] >= 0.85, scores
     assert scores["isolation_recall"] >= 0.90, scores
+
+
+def test_suspicious_classes_relative_margin_flags_a_gap_far_above_the_other_labels(monkeypatch):
+    """CIFAR-10's scale (measured, BadNets 10%): every clean gap strongly negative, the target's
+    just below zero. The absolute margin misses it; the margin over the other labels' median does not."""
+    from ptdefense.defenses import isolation
+
+    measured = {0: -0.02, 1: -0.38, 2: -0.34, 3: -0.70, 4: -0.39, 5: -0.67, 6: -0.26, 7: -0.47, 8: -0.55, 9: -0.53}
+    monkeypatch.setattr(isolation, "diversity_gap", lambda logits, losses, labels, label, num_classes: measured[label])
+    labels = torch.arange(10).repeat_interleave(30)
+    logits, features = torch.zeros(300, 10), torch.randn(300, 4, generator=torch.Generator().manual_seed(0))
+    absolute, _ = suspicious_classes(logits, features, labels, 10, 0.18, 100.0)
+    relative, statistics = suspicious_classes(logits, features, labels, 10, 0.18, 100.0, diversity_relative_margin=0.3)
+    # Label 6 is 0.21 above the others' median (-0.47): flagged only by a looser margin.
+    looser, _ = suspicious_classes(logits, features, labels, 10, 0.18, 100.0, diversity_relative_margin=0.2)
+    assert absolute == [] and relative == [0] and looser == [0, 6]
+    assert statistics["diversity_gap"]["0"] == -0.02

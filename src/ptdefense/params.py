@@ -146,6 +146,9 @@ class IsolationParams(_Section):
     # spread of its partial-model features along their main direction, (σ1/σ2)², is spectral_margin
     # times the other labels' median (clean-label poison).
     diversity_margin: Ratio = 0.18
+    # ... or whose gap exceeds the other labels' median gap by this much (null = off): the
+    # absolute margin is FMNIST's scale, where clean gaps sit near 0; on CIFAR-10 they sit at −0.4.
+    diversity_relative_margin: Ratio | None = 0.3
     spectral_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
     quarantine_epochs: PositiveInt = 3
     # Rounds of quarantine training; each later round seeds with the previous round's isolated set.

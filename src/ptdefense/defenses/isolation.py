@@ -87,11 +87,15 @@ def diversity_gap(logits: torch.Tensor, losses: torch.Tensor, labels: torch.Tens
 
 
 def suspicious_classes(logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       diversity_margin: float, spectral_margin: float) -> tuple[list[int], dict]:
+                       diversity_margin: float, spectral_margin: float,
+                       diversity_relative_margin: float | None = None) -> tuple[list[int], dict]:
     """Labels that hold poison, by either of two signs the partial model shows:
 
     - dirty-label poison: the label's easiest samples have far more diverse content than its
-      hardest ones (`diversity_gap` ≥ `diversity_margin`);
+      hardest ones (`diversity_gap` ≥ `diversity_margin`), or than the other labels' gaps
+      (`diversity_gap` ≥ their median + `diversity_relative_margin`). The second form adapts to
+      the dataset: on CIFAR-10 every clean label's gap is strongly negative (−0.26 to −0.70) and
+      BadNets' target sits at −0.02, far above them but below the absolute margin;
     - clean-label poison: the partial model learns the trigger first, so the label's features
       spread along one direction (trigger present or not) far more than other labels' do. This is
       the spectral signature of Tran et al. (2018), taken per label: (σ1/σ2)² at least
@@ -110,7 +114,11 @@ def suspicious_classes(logits: torch.Tensor, features: torch.Tensor, labels: tor
     for label in gaps:
         others = [value for key, value in ratios.items() if key != label]
         reference = float(torch.tensor(others).median()) if others else ratios[label]
-        if gaps[label] >= diversity_margin or ratios[label] >= spectral_margin * reference:
+        other_gaps = [value for key, value in gaps.items() if key != label]
+        gap_reference = float(torch.tensor(other_gaps).median()) if other_gaps else gaps[label]
+        relative = diversity_relative_margin is not None and other_gaps and \
+            gaps[label] >= gap_reference + diversity_relative_margin
+        if gaps[label] >= diversity_margin or relative or ratios[label] >= spectral_margin * reference:
             flagged.append(int(label))
     return flagged, {"diversity_gap": gaps, "spectral_ratio": ratios}
 
@@ -141,7 +149,8 @@ def _lowest_and_highest(members: torch.Tensor, losses: torch.Tensor, count: int)
 def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: ImageSet, num_classes: int,
                          architecture: str, width: int | None, seed_ratio: float | None, diversity_margin: float,
                          spectral_margin: float, threshold: float, config: FitConfig, device: torch.device,
-                         seed: int, seed_confidence: float = 0.99, rounds: int = 1) -> Isolation:
+                         seed: int, seed_confidence: float = 0.99, rounds: int = 1,
+                         diversity_relative_margin: float | None = None) -> Isolation:
     """Progressive isolation through a quarantine class.
 
     1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
@@ -162,7 +171,8 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
     """
     labels = train.labels
     losses = F.cross_entropy(logits, labels, reduction="none")
-    classes, statistics = suspicious_classes(logits, features, labels, num_classes, diversity_margin, spectral_margin)
+    classes, statistics = suspicious_classes(logits, features, labels, num_classes, diversity_margin, spectral_margin,
+                                             diversity_relative_margin)
     details: dict = {"suspicious_classes": classes, **statistics}
     if not classes:
         details["note"] = "no label shows a sign of poison: nothing isolated"
@@ -251,7 +261,8 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         seed_ratio = settings.seed_ratio if settings.method == "quarantine" else None
         result = quarantine_isolation(logits, features, train, num_classes, architecture, width, seed_ratio,
                                       settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold,
-                                      config, device, seed, settings.seed_confidence, settings.quarantine_rounds)
+                                      config, device, seed, settings.seed_confidence, settings.quarantine_rounds,
+                                      settings.diversity_relative_margin)
     else:  # the params schema only admits the methods above
         raise ValueError(f"unknown isolation method {settings.method!r}")
     return result, losses
