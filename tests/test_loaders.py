@@ -536,6 +536,11 @@ def test_image_folder_test_split_is_stratified_disjoint_and_seeded(tmp_path):
     train_rows = {bytes(image.numpy()) for image in loaded.train.images}
     test_rows = {bytes(image.numpy()) for image in loaded.test.images}
     assert not train_rows & test_rows and len(train_rows | test_rows) == 17
+    # The held-out files are named too (a list of known poison may name them).
+    assert len(loaded.test_sources) == 6 and not set(loaded.test_sources) & set(loaded.train_sources)
+    assert len(set(loaded.test_sources) | set(loaded.train_sources)) == 17
+    assert [source.split("/")[0] for source in loaded.test_sources] == [loaded.class_names[label]
+                                                                         for label in loaded.test.labels.tolist()]
     again = load_dataset("imagefolder", root, download=False, test_split=0.3, seed=1)
     assert again.train_sources == loaded.train_sources and torch.equal(again.test.images, loaded.test.images)
     splits = {tuple(load_dataset("imagefolder", root, download=False, test_split=0.3, seed=s).train_sources)

@@ -26,23 +26,32 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_poison_list_takes_indices_and_paths_with_comments(tmp_path):
     path = _write(tmp_path, "# known poison\n3\n\ntrain/cat/b.png  # found by hand\ntrain\\dog\\c.jpg\n3\n")
-    assert read_poison_list(path, 4, SOURCES).tolist() == [1, 2, 3]  # sorted, duplicates merged
+    indices, in_test = read_poison_list(path, 4, SOURCES)
+    assert indices.tolist() == [1, 2, 3] and in_test == []  # sorted, duplicates merged
 
 
 def test_poison_list_empty_file_means_no_known_poison(tmp_path):
-    assert read_poison_list(_write(tmp_path, "# nothing yet\n"), 4, SOURCES).numel() == 0
+    assert read_poison_list(_write(tmp_path, "# nothing yet\n"), 4, SOURCES)[0].numel() == 0
 
 
 @pytest.mark.parametrize("line, message", [
     ("4", "index 4 is out of range: the training set has 4 samples (0..3)"),
     ("-1", "index -1 is out of range"),
     ("train/cat/zzz.png", "'train/cat/zzz.png' names no training sample; file paths must be relative to data.root"),
+    ("--3", "'--3' names no training sample"),
 ])
 def test_poison_list_line_naming_no_sample_is_an_error_with_its_line_number(tmp_path, line, message):
     path = _write(tmp_path, f"0\n{line}\n")
     with pytest.raises(ParamsError) as info:
         read_poison_list(path, 4, SOURCES)
     assert f"{path}:2:" in str(info.value) and message in str(info.value)
+
+
+def test_poison_list_files_held_out_as_test_samples_are_reported_not_scored(tmp_path):
+    """data.test_split draws the test set from the training folder: listed poison may land there."""
+    path = _write(tmp_path, "train/cat/a.png\ntrain/dog/c.jpg\n")
+    indices, in_test = read_poison_list(path, 2, SOURCES[:2], test_sources=SOURCES[2:])
+    assert indices.tolist() == [0] and in_test == ["train/dog/c.jpg"]
 
 
 def test_poison_list_paths_need_a_dataset_with_file_names(tmp_path):
@@ -102,6 +111,11 @@ def test_scanning_params_validate():
 def test_poison_list_needs_attack_none():
     with pytest.raises(ParamsError, match="data.poison_indices .* needs attack.name: none .*got 'badnets'"):
         validate_params({"data": {"poison_indices": "p.txt"}})
+
+
+def test_poison_rate_has_no_meaning_without_an_attack():
+    with pytest.raises(ParamsError, match="attack.poison_rate has no meaning with attack.name none"):
+        validate_params({"attack": {"name": "none", "poison_rate": 0.1}})
 
 
 def test_test_split_is_for_image_folders_only():

@@ -130,6 +130,9 @@ def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[
     truth = torch.from_numpy(truth_arrays["poison_indices"]).long()
     # A scan (attack.name none) without data.poison_indices knows no poison: no isolation precision.
     truth_known = bool(truth_arrays.get("known", True))
+    # An empty list is knowledge too (isolation precision is defined), but no ranking can find poison
+    # that is not there: the sweep's recall is undefined.
+    sweep_defined = truth_known and truth.numel() > 0
     pt_arrays = load_npz(paths.ISOLATED, "isolate", ("isolated_indices", "partial_losses", "suspicion_scores"))
     abl_arrays = load_npz(paths.ABL_ISOLATION, "abl", ("isolated_indices", "isolation_losses"))
     model_sources = {"no_defense": (paths.BACKDOORED_MODEL, "train-backdoored"), "abl": (paths.ABL_MODEL, "abl"),
@@ -174,7 +177,7 @@ def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[
                          is_poison, histogram, focus=torch.isin(train.labels, torch.tensor(flagged, dtype=torch.int64)),
                          focus_name=f"labels PT flagged: {flagged}")
     sweep = isolation_sweep({"pt": torch.from_numpy(pt_arrays["suspicion_scores"]), "pt_partial_loss": -partial_losses,
-                             "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison, known=truth_known)
+                             "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison, known=sweep_defined)
     sweep_csv, sweep_png = paths.PLOTS_DIR / "isolation_sweep.csv", paths.PLOTS_DIR / "isolation_sweep.png"
     _write_csv(sweep_csv, sweep)
     chosen = {"pt": (isolation["pt"]["isolated_count"] / len(train), isolation["pt"]),

@@ -60,7 +60,8 @@ class DataParams(_Section):
     # imagefolder only: hold out this share of each class as the test set (no test/ folder).
     test_split: Ratio | None = None
     # attack.name none only: a text file naming the known poisoned training samples, one per line,
-    # as an index or as a file path relative to `root` (image folders). Read by evaluate only.
+    # as an index or as a file path relative to `root` (image folders). poison-data copies it into
+    # the truth file, which no defense reads: only evaluate and the clean reference do.
     poison_indices: str | None = None
 
     @model_validator(mode="after")
@@ -217,6 +218,9 @@ class Params(_Section):
         from ptdefense.models import num_blocks
 
         num_classes = dataset_num_classes(self.data.name)  # None: known once the files are read
+        if self.attack.name == "none" and self.attack.poison_rate is not None:
+            raise ValueError("attack.poison_rate has no meaning with attack.name none (nothing is poisoned); "
+                             "set it to null")
         if self.data.poison_indices is not None and self.attack.name != "none":
             raise ValueError(
                 f"data.poison_indices lists the poison of a dataset that arrives poisoned, so it needs "

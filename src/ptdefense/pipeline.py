@@ -144,9 +144,13 @@ def poison_data(params: Params) -> None:
         except ValueError as error:  # a target label the dataset does not have
             raise ParamsError(f"attack.target_label: {error} ({params.data.name} at {params.data.root} has "
                               f"{num_classes} classes)") from None
-        known_poison = None
+        known_poison, listed_in_test = None, []
         if params.data.poison_indices is not None:
-            known_poison = read_poison_list(resolve_path(params.data.poison_indices), len(train), loaded.train_sources)
+            known_poison, listed_in_test = read_poison_list(resolve_path(params.data.poison_indices), len(train),
+                                                            loaded.train_sources, loaded.test_sources)
+            if listed_in_test:
+                print(f"warning: {len(listed_in_test)} files of data.poison_indices are in the test split (e.g. "
+                      f"{listed_in_test[0]}), not in the training set: they are not scored", file=sys.stderr)
         try:
             poisoned = attack.poison(train, device)
         except ValueError as error:  # e.g. more victims asked for than the data has
@@ -175,6 +179,7 @@ def poison_data(params: Params) -> None:
             "num_classes": num_classes,
             "image_shape": list(poisoned.data.image_shape),
             "known_poison": summary_known,
+            "known_poison_in_test": len(listed_in_test),
         }
         write_json(METRICS_DIR / "poison.json", summary)
         examples = PLOTS_DIR / "poison_examples.png"
@@ -276,17 +281,17 @@ def isolate(params: Params) -> None:
     from ptdefense.models.io import load_model
     from ptdefense.plots import plot_image_grid
     from ptdefense.scanning import suspects_rows, write_suspects_report
-    from ptdefense.tracking import StageRun
+    from ptdefense.tracking import StageRun, flatten
 
     device = _setup(params)
     train = ImageSet.load(TRAIN_SET)
+    info = dataset_info()  # before any work: a bad train.npz must not leave half the outputs new
     model, spec = load_model(PARTIAL_MODEL, "partial-train")
     with StageRun("isolate", params, {**_stage_params(params, "isolation"), "freeze_layers": params.freeze_layers}) as run:
         started = time.perf_counter()
         result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
                                          spec.get("width"), device, params.seed + 3)
         write_isolation(LOSSES_CSV, ISOLATED, train.labels, losses, result)
-        info = dataset_info()
         suspects = suspects_rows(result.isolated, result.scores, losses, train.labels, info["class_names"],
                                  info["sources"])
         write_suspects_report(SUSPECTS_REPORT, suspects)
@@ -303,7 +308,7 @@ def isolate(params: Params) -> None:
                    "isolated_share": result.isolated.numel() / len(train),
                    "wall_seconds": time.perf_counter() - started}
         write_json(METRICS_DIR / "isolate.json", summary)
-        run.log_metrics(summary)
+        run.log_metrics(flatten(summary))  # isolated_per_class.<label>, diversity_gap.<label>, …
         run.log_artifact(LOSSES_CSV)
         run.log_artifact(SUSPECTS_REPORT)
         run.log_artifact(SUSPECTS_GRID)
@@ -421,9 +426,9 @@ def clean_reference(params: Params) -> None:
     clean = train.subset(torch.nonzero(~touched).flatten())
     spec = _dataset_spec(params, train)
     with StageRun("clean-reference", params, _stage_params(params, "model", "train")) as run:
-        if not touched.any():  # scanning without data.poison_indices: nothing is known to remove
-            reason = ("no training sample is known to be poisoned (attack.name none without data.poison_indices), "
-                      "so it would train on exactly the data of no defense")
+        if not touched.any():  # a scan with no (or an empty) list of known poison: nothing to remove
+            reason = ("no training sample is known to be poisoned (attack.name none, and data.poison_indices "
+                      "unset or listing no training sample), so it would train on exactly the data of no defense")
             save_skipped(CLEAN_REFERENCE_MODEL, reason)
             write_json(METRICS_DIR / "clean_reference.json", {"skipped": reason, "wall_seconds": 0.0, "sample_epochs": 0})
             print(f"clean reference skipped: {reason}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import torch
@@ -20,15 +21,23 @@ from ptdefense.artifacts import write_text
 from ptdefense.params import ParamsError
 
 
-def read_poison_list(path: Path, train_size: int, sources: list[str] | None) -> torch.Tensor:
-    """Sorted, unique int64 indices of the samples that `path` names. Blank lines and `#` comments
-    are skipped. Any line that names no training sample is an error (a typo would otherwise silently
-    lower the recall that evaluate reports)."""
+def read_poison_list(path: Path, train_size: int, sources: list[str] | None,
+                     test_sources: list[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """The training samples that `path` names, as sorted unique int64 indices, and the entries that
+    name test samples instead (a folder's `data.test_split` draws its test set from the training
+    images, so some listed files may have landed there: they are reported, not scored).
+
+    Blank lines and `#` comments are skipped. An index is a position in the loaded training set,
+    the `index` column of reports/suspects.csv: it holds for one data configuration only, so list
+    files by path where the data has them. Any other line that names no sample is an error (a typo
+    would otherwise silently lower the recall that evaluate reports)."""
     if not path.is_file():
         raise ParamsError(f"data.poison_indices: {path} not found; point it at a text file with one poisoned "
                           "sample per line (an index, or a file path relative to data.root), or set it to null")
     by_source = {name: index for index, name in enumerate(sources)} if sources is not None else {}
+    held_out = set(test_sources or ())
     indices: list[int] = []
+    in_test: list[str] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -37,19 +46,23 @@ def read_poison_list(path: Path, train_size: int, sources: list[str] | None) -> 
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
-        if entry.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", entry):
             index = int(entry)
             if not 0 <= index < train_size:
                 raise ParamsError(f"{path}:{number}: index {index} is out of range: the training set has "
                                   f"{train_size} samples (0..{train_size - 1})")
         elif entry.replace("\\", "/") in by_source:
             index = by_source[entry.replace("\\", "/")]
+        elif entry.replace("\\", "/") in held_out:
+            in_test.append(entry)
+            continue
         else:
             hint = ("file paths must be relative to data.root, as in reports/suspects.csv (e.g. "
-                    f"{sources[0]!r})" if sources else "this dataset has no file names: use indices")
+                    f"{sources[0]!r}); with data.train_limit set, the file may have been left out"
+                    if sources else "this dataset has no file names: use indices")
             raise ParamsError(f"{path}:{number}: {entry!r} names no training sample; {hint}")
         indices.append(index)
-    return torch.unique(torch.tensor(indices, dtype=torch.int64))
+    return torch.unique(torch.tensor(indices, dtype=torch.int64)), in_test
 
 
 SUSPECT_COLUMNS = ["rank", "index", "source", "label", "class_name", "partial_loss", "suspicion_score"]

@@ -76,6 +76,9 @@ class LoadedDataset:
     # Per training sample (after limits): its file, relative to the dataset root (image folders,
     # gtsrb); None for the array formats.
     train_sources: list[str] | None
+    # The test samples' files likewise (a folder's test_split holds out training images, and a
+    # list of known poison may name them).
+    test_sources: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -83,10 +86,11 @@ class LoadedDataset:
         if self.train_sources is not None and len(self.train_sources) != len(self.train):
             raise ValueError(f"{len(self.train_sources)} train_sources for {len(self.train)} training samples")
         if self.train.image_shape != self.test.image_shape:
-            raise ValueError(f"train images are {self.train.image_shape} but test images {self.test.image_shape}")
+            raise DatasetInvalid(f"train images are {self.train.image_shape} but test images {self.test.image_shape}; "
+                                 "give both splits one size, or set data.image_size")
         for split, labels in (("train", self.train.labels), ("test", self.test.labels)):
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"{split} labels must lie in 0..{self.num_classes - 1}")
+                raise DatasetInvalid(f"{split} labels must lie in 0..{self.num_classes - 1}")
 
 
 def dataset_num_classes(name: str) -> int | None:
@@ -571,7 +575,8 @@ def _load_gtsrb(root: Path, download: bool, train_limit: int | None, test_limit:
     test = ImageSet(_read_images([path for path, _ in test_samples], 3, size, None),
                     torch.tensor([label for _, label in test_samples], dtype=torch.int64))
     sources = [Path(path).relative_to(root).as_posix() for path, _ in train_samples]
-    return LoadedDataset(train, test, GTSRB_CLASSES, [str(i) for i in range(GTSRB_CLASSES)], sources)
+    test_sources = [Path(path).relative_to(root).as_posix() for path, _ in test_samples]
+    return LoadedDataset(train, test, GTSRB_CLASSES, [str(i) for i in range(GTSRB_CLASSES)], sources, test_sources)
 
 
 # --- image folders (torchvision's ImageFolder layout) ------------------------------------------------------
@@ -669,7 +674,8 @@ def _load_image_folder(root: Path, train_limit: int | None, test_limit: int | No
     test = ImageSet(_read_images([path for path, _ in test_samples], channels, image_size, first_size),
                     torch.tensor([label for _, label in test_samples], dtype=torch.int64))
     sources = [Path(path).relative_to(root).as_posix() for path, _ in train_samples]
-    return LoadedDataset(train, test, len(classes), list(classes), sources)
+    test_sources = [Path(path).relative_to(root).as_posix() for path, _ in test_samples]
+    return LoadedDataset(train, test, len(classes), list(classes), sources, test_sources)
 
 
 # --- npz: x_train, y_train, x_test, y_test ------------------------------------------------------------------
