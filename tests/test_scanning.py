@@ -103,14 +103,14 @@ def test_suspects_report_without_sources_or_suspects(tmp_path):
 
 def test_scanning_params_validate():
     params = validate_params({"attack": {"name": "none", "target_label": 99},  # the target is ignored
-                              "data": {"name": "imagefolder", "root": "/data/suspect", "poison_indices": "p.txt",
+                              "data": {"name": "imagefolder", "root": "/data/suspect", "poison_indices": "data/raw/p.txt",
                                        "image_size": 32, "test_split": 0.2}})
-    assert params.data.poison_indices == "p.txt" and params.data.test_split == 0.2
+    assert params.data.poison_indices == "data/raw/p.txt" and params.data.test_split == 0.2
 
 
 def test_poison_list_needs_attack_none():
     with pytest.raises(ParamsError, match="data.poison_indices .* needs attack.name: none .*got 'badnets'"):
-        validate_params({"data": {"poison_indices": "p.txt"}})
+        validate_params({"data": {"poison_indices": "data/raw/p.txt"}})
 
 
 def test_poison_rate_has_no_meaning_without_an_attack():

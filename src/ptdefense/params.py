@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -42,6 +43,33 @@ def _registered(value: str, kind: str, names: list[str]) -> str:
 _Section = StrictSection
 
 
+DATA_DIRECTORY = "data"
+
+
+def _contained_path(value: str, directory: str | None) -> str:
+    """A relative path from params must stay inside `directory` of the repository (None: the
+    repository itself); an absolute (or ~) path is taken as a deliberate choice.
+
+    The check is on the text (normalised `..`), not on the resolved file: a symlink that the user
+    placed under data/ is as deliberate as an absolute path.
+    """
+    if "\x00" in value:
+        raise ValueError("the path contains a NUL character")
+    if not value.strip():
+        raise ValueError("the path is empty; give one")
+    if value.startswith("~") or os.path.isabs(value):
+        return value
+    normalised = os.path.normpath(value)
+    inside = directory is None and not (normalised == ".." or normalised.startswith("../")) or (
+        directory is not None and (normalised == directory or normalised.startswith(directory + "/")))
+    if not inside:
+        where = f"the repository's {directory}/ directory" if directory else "the repository"
+        raise ValueError(f"{value!r} points outside {where} (it normalises to {normalised!r}); keep the "
+                         f"files under {directory or '.'}/, or give an absolute path to use a place elsewhere on "
+                         "purpose")
+    return value
+
+
 class DataParams(_Section):
     # fashion_mnist (offline default) | mnist | cifar10 | gtsrb: local copy in `root` first, then
     # torchvision's download. imagefolder: one subfolder per class (under train/ and test/, or at
@@ -63,6 +91,11 @@ class DataParams(_Section):
     # as an index or as a file path relative to `root` (image folders). poison-data copies it into
     # the truth file, which no defense reads: only evaluate and the clean reference do.
     poison_indices: str | None = None
+
+    @field_validator("root", "poison_indices")
+    @classmethod
+    def _inside_data_directory(cls, value: str | None) -> str | None:
+        return None if value is None else _contained_path(value, DATA_DIRECTORY)
 
     @model_validator(mode="after")
     def _folder_only(self) -> "DataParams":
@@ -197,6 +230,13 @@ class MlflowParams(_Section):
     # Fail the stage when the tracking store cannot be reached (default: warn in one line).
     required: bool = False
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _relative_store_inside_repo(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+            _contained_path(value.removeprefix("sqlite:///"), None)
+        return value
+
 
 class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
@@ -249,7 +289,9 @@ class Params(_Section):
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"invalid {source}:"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        # repr() for keys that are not plain text (YAML allows control characters and numbers).
+        key = ".".join(part if isinstance(part, str) and part.isprintable() and part else repr(part)
+                       for part in item["loc"]) or "<top level>"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and section)"
@@ -279,8 +321,12 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ParamsError(f"{path} not found: run the stage from the repository root, where params.yaml lives")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:
         raise ParamsError(f"{path} is not valid YAML: {error}") from None
+    except RecursionError:
+        raise ParamsError(f"{path} nests too deeply to be a params file") from None
     return validate_params(raw, str(path))
 

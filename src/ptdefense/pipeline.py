@@ -38,12 +38,15 @@ REPORTS_DIR = Path("reports")
 
 def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, run the stage, and turn known input errors into one clear line."""
+    from ptdefense.checkpoints import checkpointing
     from ptdefense.data.loaders import DatasetError
     from ptdefense.tracking import TrackingError
 
     try:
         params = load_params(params_path)
-        stage(params)
+        # Every fit in the stage checkpoints per epoch; a rerun after a kill resumes from there.
+        with checkpointing(stage.__name__.replace("_", "-"), params.digest()):
+            stage(params)
     except (ParamsError, ArtifactError, DatasetError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

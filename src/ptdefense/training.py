@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ptdefense.checkpoints import current_scope, fingerprint, load_checkpoint, save_checkpoint
 from ptdefense.data.dataset import ImageSet
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -129,7 +132,9 @@ def fit(
     )
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
-    for epoch in range(config.epochs):
+    checkpoint, start_epoch = _resume(model, train, config, seed, description, suppress, suppress_weight,
+                                      sample_losses, optimizer, scheduler, generator, history)
+    for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train), generator=generator)
@@ -175,9 +180,44 @@ def fit(
         if suppress_order is not None:
             stats["suppression_loss"] = suppress_sum / seen
         history.append(stats)
+        if checkpoint is not None:  # before the callback: a kill during evaluation keeps this epoch
+            save_checkpoint(checkpoint[0], {
+                "fingerprint": checkpoint[1], "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "sample_losses": sample_losses,
+            })
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
     return history
+
+
+def _resume(model, train, config, seed, description, suppress, suppress_weight, sample_losses, optimizer,
+            scheduler, generator, history) -> tuple[tuple[Path, str] | None, int]:
+    """Inside a `checkpointing` scope: this fit's checkpoint slot and fingerprint, and the epoch to
+    start from (restoring every piece of training state from a matching checkpoint)."""
+    scope = current_scope()
+    if scope is None:
+        return None, 0
+    path = scope.next_slot(description)
+    key = fingerprint(scope, description, config, seed,
+                      [train.images, train.labels, None if suppress is None else suppress.images,
+                       None if suppress is None else suppress.labels], model,
+                      extra=f"suppress_weight={suppress_weight}|sample_losses={sample_losses is not None}")
+    state = load_checkpoint(path, key)
+    if state is None:
+        return (path, key), 0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    history.extend(state["history"])
+    if sample_losses is not None:
+        sample_losses.copy_(state["sample_losses"])
+    scope.resumed.append(f"{description} after epoch {state['epoch']}/{config.epochs}")
+    print(f"resuming {description} after epoch {state['epoch']}/{config.epochs} from {path}", file=sys.stderr)
+    return (path, key), int(state["epoch"])
 
 
 @torch.inference_mode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import safetensors
 from safetensors.torch import load_file, save_file
 
-from ptdefense.artifacts import ArtifactError
+from ptdefense.artifacts import ArtifactError, remove_orphans
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
 
@@ -28,7 +29,8 @@ def _write_directory(directory: str | Path, fill) -> None:
     """Write a directory atomically: build it beside the target with `fill(staging)`, then swap it in."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    remove_orphans(directory)  # staging left by a writer that was killed
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.{os.getpid()}.", suffix=".tmp", dir=directory.parent))
     try:
         fill(staging)
         if directory.exists():

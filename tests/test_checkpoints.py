@@ -1,0 +1,138 @@
+"""Per-epoch checkpoints: a fit interrupted and resumed ends bit-identical to an uninterrupted one.
+
+The real-process version (SIGKILL and SIGINT through `dvc repro`) is in test_faults_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptdefense.artifacts import ArtifactError, write_json
+from ptdefense.checkpoints import checkpointing
+from ptdefense.data.dataset import ImageSet
+from ptdefense.models import build_model
+from ptdefense.training import FitConfig, fit
+
+CPU = torch.device("cpu")
+CONFIG = FitConfig(epochs=3, batch_size=64, lr=0.05)
+
+
+def _data(seed: int = 1, size: int = 384) -> ImageSet:
+    generator = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (size, 1, 28, 28), dtype=torch.uint8, generator=generator),
+                    torch.randint(0, 10, (size,), generator=generator))
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def _stage(root: Path, train: ImageSet, interrupt_at: tuple[int, int] | None = None, config: FitConfig = CONFIG):
+    """A two-fit "stage": the second model is built from the global RNG left by the first fit, so a
+    resume must restore that RNG too. `interrupt_at=(fit, epoch)` raises after that epoch."""
+    torch.manual_seed(0)
+    losses = torch.zeros(config.epochs, len(train))
+
+    def stopper(fit_number: int):
+        def on_epoch_end(epoch: int, stats: dict) -> None:
+            if interrupt_at == (fit_number, epoch + 1):
+                raise Interrupted
+
+        return on_epoch_end
+
+    with checkpointing("probe", "digest", root) as scope:
+        first = build_model("resnet_small", 1, 10, None)
+        first_history = fit(first, train, config, CPU, 0, on_epoch_end=stopper(1), sample_losses=losses,
+                            description="first")
+        second = build_model("resnet_small", 1, 10, None)
+        noise = torch.rand(3)  # more global RNG use between fits
+        second_history = fit(second, train, config, CPU, 1, on_epoch_end=stopper(2), description="second")
+        resumed = list(scope.resumed)
+    return {"first": first.state_dict(), "second": second.state_dict(), "losses": losses, "noise": noise,
+            "history": [h["train_loss"] for h in first_history + second_history], "resumed": resumed}
+
+
+def _assert_identical(a: dict, b: dict) -> None:
+    for model in ("first", "second"):
+        assert a[model].keys() == b[model].keys()
+        for name in a[model]:
+            assert torch.equal(a[model][name], b[model][name]), (model, name)
+    assert torch.equal(a["losses"], b["losses"]) and torch.equal(a["noise"], b["noise"])
+    assert a["history"] == b["history"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    return _stage(tmp_path_factory.mktemp("plain"), _data())
+
+
+@pytest.mark.parametrize("interrupt_at", [(1, 1), (1, 3), (2, 2)])
+def test_interrupted_then_resumed_is_bit_identical(tmp_path, uninterrupted, interrupt_at):
+    train = _data()
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, train, interrupt_at)
+    assert (tmp_path / "probe").is_dir()  # kept for the next run
+    resumed = _stage(tmp_path, train)
+    _assert_identical(uninterrupted, resumed)
+    fit_number, epoch = interrupt_at
+    if fit_number == 1:
+        assert resumed["resumed"] == [f"first after epoch {epoch}/3"]
+    else:  # the finished first fit is skipped whole, the second picks up after its epoch
+        assert resumed["resumed"] == ["first after epoch 3/3", f"second after epoch {epoch}/3"]
+    assert not (tmp_path / "probe").exists()  # a stage that succeeds removes its checkpoints
+
+
+def test_checkpoint_from_other_data_or_config_is_not_resumed(tmp_path, uninterrupted, capsys):
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(seed=2), (1, 2))  # other data
+    fresh = _stage(tmp_path, _data())
+    assert fresh["resumed"] == []
+    assert "is from other params, data or code; starting this fit clean" in capsys.readouterr().err
+    _assert_identical(uninterrupted, fresh)
+
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(), (1, 2), FitConfig(epochs=3, batch_size=64, lr=0.01))  # other lr
+    assert _stage(tmp_path, _data())["resumed"] == []
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_carries_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _RunsCode()
+    payload.marker = marker
+    slot = tmp_path / "probe" / "01-first.pt"
+    slot.parent.mkdir(parents=True)
+    slot.write_bytes(pickle.dumps({"fingerprint": "x", "model": payload}))
+    with pytest.raises(ArtifactError, match=r"01-first.pt is not a plain-tensor checkpoint and was refused "
+                                            r"without running it .*delete .*probe to start the stage clean"):
+        _stage(tmp_path, _data(size=128))
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(size=128), (1, 1))
+    slot = tmp_path / "probe" / "01-first.pt"
+    slot.write_bytes(slot.read_bytes()[:100])
+    with pytest.raises(ArtifactError, match="01-first.pt is unreadable"):
+        _stage(tmp_path, _data(size=128))
+
+
+def test_temp_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "metrics.json"
+    dead = tmp_path / ".metrics.json.999999999.abc.tmp"  # no such pid
+    dead.write_text("half")
+    live = tmp_path / f".metrics.json.{os.getpid()}.def.tmp"  # a writer still running
+    live.write_text("busy")
+    write_json(target, {"a": 1})
+    assert not dead.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name])
