@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -21,8 +22,9 @@ def env() -> dict:
     return environment
 
 
-def run(args: list[str], workspace: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=workspace, env=env(), capture_output=True, text=True, timeout=900)
+def run(args: list[str], workspace: Path, check: bool = True, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=workspace, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                            timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
@@ -53,3 +55,38 @@ def copy_repo(target: Path, params_override: dict) -> Path:
     run(["git", "add", "-A"], target)
     run(["git", "commit", "-qm", "workspace"], target)
     return target
+
+
+# A tiny configuration of the whole pipeline (about a minute on two CPU cores).
+TINY = {
+    "data": {"train_limit": 3000, "test_limit": 600},
+    "train": {"epochs": 2},
+    "partial": {"epochs": 1},
+    "isolation": {"quarantine_epochs": 1},
+    "finetune": {"epochs": 1},
+    "abl": {"isolation_epochs": 1, "retrain_epochs": 1, "unlearn_epochs": 1},
+}
+
+# Measurements of the machine, not results: they differ between any two runs.
+TIMING_KEYS = {"wall_seconds", "epoch_seconds", "images_per_second"}
+TIMED_FILES = {"reports/evaluate.md"}  # its table shows each method's wall seconds
+
+
+def _drop_timing(value):
+    if isinstance(value, dict):
+        return {k: _drop_timing(v) for k, v in value.items() if k not in TIMING_KEYS}
+    return value
+
+
+def reproducible_state(workspace: Path) -> dict:
+    """What a rerun with the same params and seed must reproduce bit for bit: the hash DVC recorded
+    for every output (models, data, CSVs, plots), and every metric except wall-clock timings."""
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    hashes = {}
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            if not out["path"].startswith("metrics/") and out["path"] not in TIMED_FILES:
+                hashes[out["path"]] = out["md5"]
+    metrics = {path.name: _drop_timing(json.loads(path.read_text()))
+               for path in sorted((workspace / "metrics").glob("*.json"))}
+    return {"outputs": hashes, "metrics": metrics}

@@ -10,31 +10,24 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dvc_workspace import copy_repo, run
+from dvc_workspace import run
+
 STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference",
           "evaluate"]
 METHODS = ("no_defense", "abl", "pt", "clean_reference")
 
 pytestmark = pytest.mark.e2e
 
-TINY = {
-    "data": {"train_limit": 3000, "test_limit": 600},
-    "train": {"epochs": 2},
-    "partial": {"epochs": 1},
-    "isolation": {"quarantine_epochs": 1},
-    "finetune": {"epochs": 1},
-    "abl": {"isolation_epochs": 1, "retrain_epochs": 1, "unlearn_epochs": 1},
-}
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return copy_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY)
+def workspace(tiny_workspace) -> Path:
+    return tiny_workspace
 
 
 _QUERY = """
@@ -64,8 +57,8 @@ def _mlflow_runs(workspace: Path, filter_string: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reproduced(workspace: Path) -> subprocess.CompletedProcess:
-    return run(["dvc", "repro"], workspace)
+def reproduced(tiny_reproduced, tiny_baseline) -> subprocess.CompletedProcess:
+    return tiny_reproduced
 
 
 def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
@@ -115,6 +108,33 @@ def test_status_is_clean_and_metrics_show(workspace, reproduced):
     assert "metrics/evaluate.json" in shown.stdout and "pt.attack_success_rate" in shown.stdout
 
 
+def test_shared_remote_lets_a_fresh_clone_pull_instead_of_training(workspace, reproduced, tmp_path):
+    """A team's setup: results pushed to a DVC remote (a local directory here, the same commands
+    for S3 or SSH); a teammate's fresh clone pulls them and `dvc repro` has nothing to do."""
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "--default", "shared", str(remote)], workspace)
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "results and the shared remote"], workspace)
+    pushed = run(["dvc", "push"], workspace)
+    assert "pushed" in pushed.stdout
+    assert "Cache and remote 'shared' are in sync" in run(["dvc", "status", "--cloud"], workspace).stdout
+
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(workspace), str(clone)], tmp_path)
+    assert not (clone / "models/backdoored/model.safetensors").exists()
+    before_pull = run(["dvc", "status", "--cloud"], clone).stdout
+    assert "deleted:" in before_pull and "missing:" not in before_pull  # all on the remote, none lost
+    run(["dvc", "pull"], clone)
+    for path in ("models/backdoored/model.safetensors", "models/defended/model.safetensors", "data/poisoned/train.npz"):
+        assert (clone / path).read_bytes() == (workspace / path).read_bytes(), path
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    repro = run(["dvc", "repro"], clone)
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert "Data and pipelines are up to date" in repro.stdout
+    assert not (clone / "mlflow.db").exists()  # nothing ran, so nothing was trained or logged
+    assert "Cache and remote 'shared' are in sync" in run(["dvc", "status", "--cloud"], clone).stdout
+
+
 def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
     assert (workspace / "mlflow.db").is_file(), "the default store is sqlite:///<repo root>/mlflow.db"
     queried = _mlflow_runs(workspace, "tags.`ptdefense.role` = 'stage'")
@@ -141,7 +161,7 @@ def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
 
 def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduced):
     run(["git", "add", "-A"], workspace)
-    run(["git", "commit", "-qm", "after repro"], workspace)
+    run(["git", "commit", "-qm", "after repro", "--allow-empty"], workspace)
     result = run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "freeze2"], workspace)
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
     assert ran == {"partial-train", "isolate", "finetune", "evaluate"}
@@ -190,3 +210,42 @@ def test_bad_params_fail_before_any_work_with_a_clear_message(workspace, reprodu
         assert (workspace / "metrics/evaluate.json").read_text() == before
     finally:
         params_path.write_text(original)
+
+
+def test_queued_grid_runs_every_combination_into_one_tracking_store(workspace, reproduced):
+    """`dvc exp run --queue -S a=1,2 -S b=x` queues the grid; `dvc queue start` runs it in temporary
+    copies, whose stages log to the workspace's MLflow store, each experiment under its own name."""
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "before the sweep", "--allow-empty"], workspace)
+    queued = run(["dvc", "exp", "run", "--queue", "-S", "freeze_layers=2,3", "-S", "isolation.method=ratio",
+                  "-S", "isolation.ratio=0.05"], workspace)
+    assert queued.stdout.count("Queued experiment") == 2, queued.stdout
+    run(["dvc", "queue", "start", "--jobs", "1"], workspace)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], workspace).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == 2, status
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)
+    grid = {}
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            data = experiment["revs"][0]["data"]
+            params = data["params"]["params.yaml"]["data"]
+            grid[(params["freeze_layers"], params["isolation"]["ratio"])] = (
+                experiment["name"], data["metrics"]["metrics/evaluate.json"]["data"]["pt"])
+    assert set(grid) >= {(2, 0.05), (3, 0.05)}, grid
+    for (freeze, ratio), (name, pt) in grid.items():
+        if (freeze, ratio) in {(2, 0.05), (3, 0.05)}:
+            assert pt["isolated_count"] == round(ratio * 3000), (name, pt)
+
+    names = {name for name, _ in grid.values()}
+    runs = _mlflow_runs(workspace, "tags.`ptdefense.role` = 'stage' and tags.`ptdefense.stage` = 'evaluate'")["runs"]
+    by_pipeline = {run["tags"]["ptdefense.pipeline"]: run for run in runs}
+    for name in names:  # one pipeline group per queued experiment, in the workspace's store
+        assert name in by_pipeline, (name, sorted(by_pipeline))
+        assert by_pipeline[name]["tags"]["dvc.exp_name"] == name
+    assert not list((workspace / ".dvc/tmp/exps").glob("**/mlflow.db"))  # no store left in a temp copy
