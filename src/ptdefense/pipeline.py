@@ -42,14 +42,19 @@ def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml")
     from ptdefense.data.loaders import DatasetError
     from ptdefense.tracking import TrackingError
 
+    name = stage.__name__.replace("_", "-")
     try:
         params = load_params(params_path)
         # Every fit in the stage checkpoints per epoch; a rerun after a kill resumes from there.
-        with checkpointing(stage.__name__.replace("_", "-"), params.digest()):
+        with checkpointing(name, params.digest()):
             stage(params)
     except (ParamsError, ArtifactError, DatasetError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"interrupted: no output of {name} was written; its finished epochs are kept in "
+              f"checkpoints/{name}/, and the next run resumes from them", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def _setup(params: Params):
