@@ -5,6 +5,7 @@ The real-process version (SIGKILL and SIGINT through `dvc repro`) is in test_fau
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptdefense.artifacts import ArtifactError, write_json
+from payloads import TouchesMarker
+from ptdefense import checkpoints
+from ptdefense.artifacts import ArtifactError, temp_prefix, write_json
 from ptdefense.checkpoints import checkpointing
 from ptdefense.data.dataset import ImageSet
 from ptdefense.models import build_model
@@ -32,7 +35,8 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
-def _stage(root: Path, train: ImageSet, interrupt_at: tuple[int, int] | None = None, config: FitConfig = CONFIG):
+def _stage(root: Path, train: ImageSet, interrupt_at: tuple[int, int] | None = None, config: FitConfig = CONFIG,
+           digest: str = "digest"):
     """A two-fit "stage": the second model is built from the global RNG left by the first fit, so a
     resume must restore that RNG too. `interrupt_at=(fit, epoch)` raises after that epoch."""
     torch.manual_seed(0)
@@ -45,7 +49,7 @@ def _stage(root: Path, train: ImageSet, interrupt_at: tuple[int, int] | None = N
 
         return on_epoch_end
 
-    with checkpointing("probe", "digest", root) as scope:
+    with checkpointing("probe", digest, root) as scope:
         first = build_model("resnet_small", 1, 10, None)
         first_history = fit(first, train, config, CPU, 0, on_epoch_end=stopper(1), sample_losses=losses,
                             description="first")
@@ -100,39 +104,57 @@ def test_checkpoint_from_other_data_or_config_is_not_resumed(tmp_path, uninterru
     assert _stage(tmp_path, _data())["resumed"] == []
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_checkpoint_that_carries_code_is_refused_and_never_run(tmp_path):
+@pytest.mark.parametrize("container", ["torch.save", "plain pickle"])
+def test_checkpoint_that_carries_code_is_refused_and_never_run(tmp_path, container):
     marker = tmp_path / "pwned"
-    payload = _RunsCode()
-    payload.marker = marker
     slot = tmp_path / "probe" / "01-first.pt"
     slot.parent.mkdir(parents=True)
-    slot.write_bytes(pickle.dumps({"fingerprint": "x", "model": payload}))
+    planted = {"fingerprint": "x", "model": TouchesMarker(marker)}
+    if container == "torch.save":  # torch's zip format, as a real checkpoint
+        torch.save(planted, slot)
+    else:
+        slot.write_bytes(pickle.dumps(planted))
     with pytest.raises(ArtifactError, match=r"01-first.pt is not a plain-tensor checkpoint and was refused "
                                             r"without running it .*delete .*probe to start the stage clean"):
         _stage(tmp_path, _data(size=128))
     assert not marker.exists()
 
 
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+def test_torn_checkpoint_starts_the_fit_clean(tmp_path, uninterrupted, capsys):
     with pytest.raises(Interrupted):
-        _stage(tmp_path, _data(size=128), (1, 1))
+        _stage(tmp_path, _data(), (1, 2))
     slot = tmp_path / "probe" / "01-first.pt"
-    slot.write_bytes(slot.read_bytes()[:100])
-    with pytest.raises(ArtifactError, match="01-first.pt is unreadable"):
-        _stage(tmp_path, _data(size=128))
+    slot.write_bytes(slot.read_bytes()[:100])  # as a crash of the machine mid-write might leave it
+    fresh = _stage(tmp_path, _data())
+    assert fresh["resumed"] == [] and "01-first.pt is unreadable" in capsys.readouterr().err
+    _assert_identical(uninterrupted, fresh)
+
+
+def test_checkpoint_from_other_params_or_code_is_not_resumed(tmp_path, monkeypatch):
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(size=128), (1, 2), digest="other-params")
+    assert _stage(tmp_path, _data(size=128))["resumed"] == []
+
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(size=128), (1, 2))
+    monkeypatch.setattr(checkpoints, "code_version", lambda: "edited training loop")
+    assert _stage(tmp_path, _data(size=128))["resumed"] == []
 
 
 def test_temp_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     target = tmp_path / "metrics.json"
-    dead = tmp_path / ".metrics.json.999999999.abc.tmp"  # no such pid
+    prefix = temp_prefix(target).rsplit(".", 2)[0]  # ".metrics.json.<host>"
+    dead = tmp_path / f"{prefix}.999999999.abc.tmp"  # this host, no such pid
     dead.write_text("half")
-    live = tmp_path / f".metrics.json.{os.getpid()}.def.tmp"  # a writer still running
+    dead_staging = tmp_path / f"{prefix}.999999998.def.tmp"  # a model directory's staging folder
+    dead_staging.mkdir()
+    live = tmp_path / f"{prefix}.{os.getpid()}.ghi.tmp"  # a writer still running
     live.write_text("busy")
+    other_host = tmp_path / ".metrics.json.elsewhere.999999999.jkl.tmp"  # its pids mean nothing here
+    other_host.write_text("theirs")
+    sibling = tmp_path / f".metrics.json.bak.{prefix.rsplit('.', 1)[1]}.999999999.mno.tmp"  # another file's
+    sibling.write_text("not ours")
     write_json(target, {"a": 1})
-    assert not dead.exists() and live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name])
+    assert not dead.exists() and not dead_staging.exists()
+    assert live.exists() and other_host.exists() and sibling.exists()
+    assert json.loads(target.read_text()) == {"a": 1}

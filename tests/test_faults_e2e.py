@@ -90,10 +90,27 @@ def test_sigkill_leaves_no_half_written_output(interrupted):
     assert after["leftovers"] == []
 
 
+_STATUSES = """
+import json, sys
+from mlflow.tracking import MlflowClient
+client = MlflowClient(sys.argv[1])
+experiment = client.get_experiment_by_name("ptdefense")
+runs = client.search_runs([experiment.experiment_id], "tags.`ptdefense.stage` = 'clean-reference'")
+print(json.dumps(sorted(run.info.status for run in runs)))
+"""
+
+
 def test_sigint_stops_cleanly_and_keeps_the_checkpoint(interrupted):
     after = interrupted["after_interrupt"]
     assert after["returncode"] != 0 and after["checkpoint"] and not after["model"]
     assert "resuming backdoored after epoch 1/2" in after["log"]  # the SIGKILLed stage resumed
+    assert ("interrupted: clean-reference stopped before finishing, so DVC does not record its outputs; the "
+            "epochs it finished are kept in checkpoints/clean-reference/") in after["log"]
+    _, started, stage_output = after["log"].partition("Running stage 'clean-reference'")
+    assert started and "Traceback" not in stage_output
+    workspace = interrupted["workspace"]
+    statuses = run([sys.executable, "-c", _STATUSES, f"sqlite:///{workspace / 'mlflow.db'}"], workspace)
+    assert json.loads(statuses.stdout.strip().splitlines()[-1]) == ["FINISHED", "KILLED"]
 
 
 def test_resumed_run_finishes_with_the_uninterrupted_results(interrupted, tiny_baseline):
@@ -254,11 +271,15 @@ def test_required_tracking_turns_an_unreachable_server_into_an_error(interrupted
 def test_another_seed_gives_other_outputs(interrupted, tiny_baseline):
     workspace = interrupted["workspace"]
     params_path = workspace / "params.yaml"
-    params = yaml.safe_load(params_path.read_text())
+    original = params_path.read_text()
+    params = yaml.safe_load(original)
     params["seed"] = 1
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "train-backdoored"], workspace)
-    state = reproducible_state(workspace)
+    try:
+        run(["dvc", "repro", "train-backdoored"], workspace)
+        state = reproducible_state(workspace)
+    finally:
+        params_path.write_text(original)
     for path in ("data/poisoned/train.npz", "data/truth/poison_indices.npz", "models/backdoored"):
         assert state["outputs"][path] != tiny_baseline["outputs"][path], path
     assert state["metrics"]["train_backdoored.json"] != tiny_baseline["metrics"]["train_backdoored.json"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 import pickle
 import struct
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import InterpolationMode, resize
 
+from payloads import EvalsMarker, TouchesMarker
 from ptdefense.data import (
     DATASET_NAMES,
     DatasetError,
@@ -208,30 +208,12 @@ def test_cifar10_str_keys_without_meta_and_limits(tmp_path):
     assert len(loaded.test) == 1
 
 
-class Payload:
-    """Unpickling this would run a shell command that creates a marker file."""
-
-    def __init__(self, command: str):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command,))
-
-
-class EvalPayload:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (eval, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
 @pytest.mark.parametrize("kind", ["os.system", "eval"])
 def test_cifar10_malicious_pickle_is_refused(tmp_path, kind):
     root = tmp_path / "raw"
     write_cifar(root)
     marker = tmp_path / "pwned"
-    payload = Payload(f"touch {marker}") if kind == "os.system" else EvalPayload(marker)
+    payload = TouchesMarker(marker) if kind == "os.system" else EvalsMarker(marker)
     dump(root / "data_batch_3", {b"data": np.zeros((1, 3072), np.uint8), b"labels": [payload]})
     with pytest.raises(DatasetInvalid) as info:
         load_dataset("cifar10", root, download=False)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 from torch import nn
 
+from payloads import TouchesMarker
 from ptdefense.artifacts import ArtifactError
 from ptdefense.data import ImageSet
 from ptdefense.defenses.pt import build_partial_model, recalibrate_batchnorm
@@ -454,21 +454,13 @@ def test_load_bad_spec(tmp_path, spec_text):
         load_model(directory, "finetune")
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_weights_file_that_is_a_code_carrying_pickle_is_refused_unrun(tmp_path):
     """A model directory whose weights were swapped for a pickle (say, a torch.save file that
     runs a command when unpickled): load_model reads safetensors only, so it is refused."""
     directory = tmp_path / "m"
     save_model(small_model(), directory, SPEC)
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": _RunsCode(marker)}, directory / WEIGHTS_FILE)
+    torch.save({"state_dict": TouchesMarker(marker)}, directory / WEIGHTS_FILE)
     with pytest.raises(ArtifactError, match=str(directory)):
         load_model(directory, "finetune")
     assert not marker.exists()

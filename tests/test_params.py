@@ -307,3 +307,24 @@ def test_digest_changes_with_freeze_layers():
 def test_digest_changes_with_nested_value():
     assert validate_params({"attack": {"poison_rate": 0.1}}).digest() != \
         validate_params({"attack": {"poison_rate": 0.2}}).digest()
+
+
+@pytest.mark.parametrize("path, inside", [
+    ("data/raw", True), ("data/raw/cifar-10-batches-py", True), ("./data/raw", True), ("data/./raw", True),
+    ("data//raw", True), ("data/raw/../other", True), ("data", True),
+    ("data/..", False), ("data/../..", False), ("./data/../../x", False), ("data//../../x", False),
+    ("datasets/x", False), ("data-x", False), ("src/ptdefense", False), (".", False), ("../data/raw", False),
+    ("raw", False), ("data\\..\\..\\x", False),  # one odd POSIX name (a backslash is no separator), not under data/
+])
+def test_relative_data_paths_must_stay_under_data(path, inside):
+    """An explicit table (the fuzz test's oracle shares the rule; this one does not)."""
+    if inside:
+        assert validate_params({"data": {"root": path}}).data.root == path
+    else:
+        with pytest.raises(ParamsError, match="data.root: .*points outside the repository's data/ directory"):
+            validate_params({"data": {"root": path}})
+
+
+@pytest.mark.parametrize("path", ["/srv/datasets/cifar", "~/datasets/cifar", "/tmp/../etc"])
+def test_absolute_data_paths_are_a_deliberate_choice(path):
+    assert validate_params({"data": {"root": path}}).data.root == path

@@ -5,7 +5,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,11 +51,23 @@ def require_file(path: str | Path, producer: str) -> Path:
     return path
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def temp_prefix(path: Path) -> str:
+    """Name prefix of `path`'s temp file or staging folder: `.<name>.<host>.<pid>.`, so that a
+    later writer can tell a killed writer's leftovers (same host, pid gone) from a live one's."""
+    return f".{path.name}.{_host()}.{os.getpid()}."
+
+
 def remove_orphans(path: Path) -> None:
-    """Delete temp files of `path` left by a writer that was killed (SIGKILL skips `finally`)."""
+    """Delete temp files of `path` left by a writer on this host that was killed (SIGKILL skips
+    `finally`). Another host's temp files (a shared folder) are left alone: its pids mean nothing here."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{re.escape(_host())}\.(\d+)\.[A-Za-z0-9_]+\.tmp$")
     for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = orphan.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        match = pattern.match(orphan.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
             if orphan.is_dir():
                 shutil.rmtree(orphan, ignore_errors=True)
             else:
@@ -76,7 +90,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

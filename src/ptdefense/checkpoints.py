@@ -12,16 +12,19 @@ an uninterrupted one (tested with a real SIGKILL through `dvc repro`).
   is kept until the stage has written its outputs, so a stage with several fits (ABL's phases,
   isolation's quarantine rounds) skips the ones that had finished.
 - Validity: a checkpoint is used only if its fingerprint matches: the whole params digest, the
-  fit's config, seed and description, and a hash of its training data and of the model's weights
-  before training. Anything else (changed params, changed data) starts clean and says so.
+  fit's config, seed and description, a hash of its training data and of the model's weights
+  before training, torch's version and a hash of this package's code. Anything else (changed
+  params, data or code) starts clean and says so; so does an unreadable (torn) file.
 - Safety: checkpoints are read with `torch.load(weights_only=True)`, which unpickles tensors and
   plain containers only. A file that asks to run code is refused with `ArtifactError`, never run.
-- Writes are atomic (temp file + rename), so a kill during a save leaves the previous checkpoint.
+- Writes are atomic (fsynced temp file + rename), so a kill or crash during a save leaves the
+  previous checkpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import re
 import shutil
@@ -29,6 +32,7 @@ import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -79,7 +83,8 @@ def fingerprint(scope: CheckpointScope, description: str, config: object, seed: 
     """What the fit's result depends on. The data and the model's starting weights are hashed, so a
     checkpoint from other data or another upstream model is never resumed."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"v{FORMAT_VERSION}|{scope.stage}|{scope.params_digest}|{description}|{config!r}|{seed}|{extra}".encode())
+    digest.update(f"v{FORMAT_VERSION}|{code_version()}|{scope.stage}|{scope.params_digest}|{description}|"
+                  f"{config!r}|{seed}|{extra}".encode())
     for tensor in tensors:
         if tensor is None:
             digest.update(b"none")
@@ -95,6 +100,20 @@ def fingerprint(scope: CheckpointScope, description: str, config: object, seed: 
 def save_checkpoint(path: Path, state: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        with open(tmp, "rb+") as handle:  # on disk before the rename: a crash leaves the old or the new
+            os.fsync(handle.fileno())
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """torch's version and a hash of this package's sources: a checkpoint written by other code
+    (an edited training loop, say) is not resumed."""
+    digest = hashlib.blake2b(torch.__version__.encode(), digest_size=16)
+    package = Path(__file__).resolve().parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(str(source.relative_to(package)).encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
@@ -112,8 +131,10 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
             f"{path} is not a plain-tensor checkpoint and was refused without running it ({reason}); "
             f"delete {path.parent} to start the stage clean") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise ArtifactError(f"{path} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                            f"delete {path.parent} to start the stage clean") from None
+        # Torn by a crash of the machine, say: its epochs are lost, but training can start over.
+        print(f"checkpoint {path} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+              "starting this fit clean", file=sys.stderr)
+        return None
     if not isinstance(state, dict) or state.get("fingerprint") != expected_fingerprint:
         print(f"checkpoint {path} is from other params, data or code; starting this fit clean", file=sys.stderr)
         return None

@@ -51,9 +51,12 @@ def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml")
     except (ParamsError, ArtifactError, DatasetError, TrackingError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as error:  # disk full, permissions: the one line that says what and where
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(f"interrupted: no output of {name} was written; its finished epochs are kept in "
-              f"checkpoints/{name}/, and the next run resumes from them", file=sys.stderr)
+        print(f"interrupted: {name} stopped before finishing, so DVC does not record its outputs; the epochs it "
+              f"finished are kept in checkpoints/{name}/ and the next run resumes from them", file=sys.stderr)
         raise SystemExit(130) from None
 
 

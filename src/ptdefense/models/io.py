@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import safetensors
 from safetensors.torch import load_file, save_file
 
-from ptdefense.artifacts import ArtifactError, remove_orphans
+from ptdefense.artifacts import ArtifactError, remove_orphans, temp_prefix
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
 
@@ -30,7 +29,7 @@ def _write_directory(directory: str | Path, fill) -> None:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(directory)  # staging left by a writer that was killed
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.{os.getpid()}.", suffix=".tmp", dir=directory.parent))
+    staging = Path(tempfile.mkdtemp(prefix=temp_prefix(directory), suffix=".tmp", dir=directory.parent))
     try:
         fill(staging)
         if directory.exists():
