@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_workspace import run
+from dvc_workspace import run, wait_for
 
 STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference",
           "evaluate"]
@@ -221,12 +221,14 @@ def test_queued_grid_runs_every_combination_into_one_tracking_store(workspace, r
                   "-S", "isolation.ratio=0.05"], workspace)
     assert queued.stdout.count("Queued experiment") == 2, queued.stdout
     run(["dvc", "queue", "start", "--jobs", "1"], workspace)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
+
+    def queue_done() -> bool:
+        time.sleep(3)  # `dvc queue status` itself takes a second or two; no need to ask more often
         status = run(["dvc", "queue", "status"], workspace).stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
+        return "Queued" not in status and "Running" not in status
+
+    wait_for(queue_done, 900, "the queue to finish")
+    status = run(["dvc", "queue", "status"], workspace).stdout
     assert status.count("Success") == 2, status
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], workspace).stdout)

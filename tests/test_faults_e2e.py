@@ -15,27 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from dvc_workspace import TINY, copy_repo, env, reproducible_state, run
+from dvc_workspace import TINY, copy_repo, env, reproducible_state, run, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the process ended (status {process.returncode}) before {what}")
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _start(args: list[str], workspace: Path, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
@@ -55,7 +43,7 @@ def interrupted(tmp_path_factory) -> dict:
 
     killed = _start(["dvc", "repro"], workspace, logs / "killed.log")
     checkpoint = workspace / "checkpoints/train-backdoored/01-backdoored.pt"
-    _wait_for(checkpoint.is_file, 600, "train-backdoored's first checkpoint", killed)
+    wait_for(checkpoint.is_file, 600, "train-backdoored's first checkpoint", killed)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(60)
     seen["after_kill"] = {
@@ -70,7 +58,7 @@ def interrupted(tmp_path_factory) -> dict:
 
     interrupted_run = _start(["dvc", "repro"], workspace, logs / "interrupted.log")
     checkpoint = workspace / "checkpoints/clean-reference/01-clean-reference.pt"
-    _wait_for(checkpoint.is_file, 600, "clean-reference's first checkpoint", interrupted_run)
+    wait_for(checkpoint.is_file, 600, "clean-reference's first checkpoint", interrupted_run)
     os.killpg(interrupted_run.pid, signal.SIGINT)
     interrupted_run.wait(120)
     seen["after_interrupt"] = {"returncode": interrupted_run.returncode, "checkpoint": checkpoint.is_file(),
@@ -119,6 +107,7 @@ def test_resumed_run_finishes_with_the_uninterrupted_results(interrupted, tiny_b
     assert not any((workspace / "checkpoints").glob("*/*.pt"))  # removed once each stage succeeded
     resumed = reproducible_state(workspace)
     assert resumed["outputs"].keys() == tiny_baseline["outputs"].keys()
+    assert len(resumed["outputs"]) == 20  # every output but the metrics and the report that prints timings
     different = [path for path in resumed["outputs"] if resumed["outputs"][path] != tiny_baseline["outputs"][path]]
     assert different == [], different
     assert resumed["metrics"] == tiny_baseline["metrics"]
@@ -150,7 +139,7 @@ def _start_server(directory: Path) -> tuple[str, subprocess.Popen]:
         except OSError:
             return False
 
-    _wait_for(healthy, 120, "mlflow server", server)
+    wait_for(healthy, 120, "mlflow server", server)
     return uri, server
 
 
@@ -213,7 +202,7 @@ def test_server_dying_midway_costs_no_results(interrupted, tiny_baseline, tmp_pa
     stage = _start(["dvc", "repro", "--force", "--single-item", "train-backdoored"], workspace, log,
                    {"MLFLOW_TRACKING_URI": uri})
     try:
-        _wait_for(lambda: "[train] epoch 1:" in log.read_text(), 600, "the first epoch", stage)
+        wait_for(lambda: "[train] epoch 1:" in log.read_text(), 600, "the first epoch", stage)
         _stop(server)  # the server goes down while the stage trains its second epoch
         assert stage.wait(600) == 0, log.read_text()[-3000:]
     finally:
