@@ -27,10 +27,14 @@ pytestmark = pytest.mark.e2e
 
 
 def _start(args: list[str], workspace: Path, log: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    """Start a command in its own process group (as a shell does), its output going to `log`."""
+    """Start a command in its own process group, as a terminal does, its output going to `log`.
+
+    SIGINT is reset to its default: when the test run itself was started in the background of a
+    non-interactive shell (`bash .ci/run &`), SIGINT arrives ignored, and children inherit that."""
     handle = open(log, "w")
     return subprocess.Popen(args, cwd=workspace, env={**env(), **(extra_env or {})}, stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.fixture(scope="module")
