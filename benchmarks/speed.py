@@ -43,7 +43,8 @@ from ptdefense.checkpoints import checkpointing  # noqa: E402
 from ptdefense.data.dataset import ImageSet  # noqa: E402
 from ptdefense.models import build_model, num_blocks  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
-from ptdefense.training import FitConfig, _autocast, fit, pick_device, training_memory_format  # noqa: E402
+from ptdefense.pipeline import dataset_info  # noqa: E402
+from ptdefense.training import FitConfig, fit, pick_device, training_memory_format  # noqa: E402
 
 # The stages that measure their own wall time (poison-data and evaluate do not train).
 STAGE_METRICS = {"train-backdoored": "train_backdoored", "partial-train": "partial_train", "isolate": "isolate",
@@ -62,7 +63,7 @@ def bare_loop(model, images: torch.Tensor, labels: torch.Tensor, config: FitConf
         order = torch.randperm(len(labels))
         for start in range(0, len(labels), config.batch_size):
             index = order[start:start + config.batch_size]
-            with _autocast(device, config.precision):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
                 loss = F.cross_entropy(model(inputs[index].to(device)).float(), labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,7 +140,7 @@ def main() -> None:
     full = ImageSet.load(train_path)
     train = full.subset(torch.arange(min(args.samples, len(full))))
     config = FitConfig(**{**params.train.model_dump(), "epochs": args.epochs})
-    in_channels, num_classes = train.images.shape[1], int(full.labels.max()) + 1
+    in_channels, num_classes = train.images.shape[1], dataset_info(train_path)["num_classes"]
 
     def fresh(freeze: int = 0):
         torch.manual_seed(params.seed)

@@ -51,9 +51,9 @@ def read_poison_list(path: Path, train_size: int, sources: list[str] | None,
             if not 0 <= index < train_size:
                 raise ParamsError(f"{path}:{number}: index {index} is out of range: the training set has "
                                   f"{train_size} samples (0..{train_size - 1})")
-        elif entry.replace("\\", "/") in by_source:
-            index = by_source[entry.replace("\\", "/")]
-        elif entry.replace("\\", "/") in held_out:
+        elif (posix := entry.replace("\\", "/")) in by_source:  # a list written on Windows
+            index = by_source[posix]
+        elif posix in held_out:
             in_test.append(entry)
             continue
         else:
