@@ -17,8 +17,14 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from ptdefense.attacks import attack_class, attack_names
-from ptdefense.models import model_names
+from ptdefense.lazy import defer_import
+
+# The attack modules (imported for their settings) use torch only inside their functions: defer it,
+# so that a bad params.yaml is reported in well under 2 s instead of after torch has loaded.
+defer_import("torch")
+
+from ptdefense.attacks import attack_class, attack_names  # noqa: E402
+from ptdefense.models.catalogue import model_names  # noqa: E402
 from ptdefense.schema import StrictSection
 
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -194,7 +200,7 @@ class IsolationParams(_Section):
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "bf16"
     # Batch size of the per-sample loss pass (inference only).
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 1024
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 256
 
 
 class FinetuneParams(OptimParams):
@@ -255,7 +261,7 @@ class Params(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
         from ptdefense.data import dataset_num_classes
-        from ptdefense.models import num_blocks
+        from ptdefense.models.catalogue import num_blocks
 
         num_classes = dataset_num_classes(self.data.name)  # None: known once the files are read
         if self.attack.name == "none" and self.attack.poison_rate is not None:

@@ -92,7 +92,7 @@ def _epoch_logger(run, prefix: str, evaluate: Callable[[], dict] | None = None):
 
 
 def _test_evaluator(model, device):
-    """Clean accuracy and ASR on the test sets, for per-epoch curves in MLflow."""
+    """Clean accuracy and ASR on the test sets: per-epoch curves in MLflow, and the final metrics."""
     from ptdefense.data.dataset import ImageSet, load_npz
     from ptdefense.metrics import attack_success_rate, clean_accuracy
     from ptdefense.training import predict
@@ -103,11 +103,21 @@ def _test_evaluator(model, device):
     triggered_images = torch.from_numpy(triggered["images"])
     targets = torch.from_numpy(triggered["attack_targets"])
 
+    last: dict = {}
+
+    def state_version() -> tuple[int, ...]:
+        # Every in-place update (an optimiser step, a BatchNorm statistic) bumps a tensor's version.
+        return tuple(tensor._version for tensor in (*model.parameters(), *model.buffers()))
+
     def evaluate() -> dict:
-        scores = {"clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels)}
-        if targets.numel():  # attack.name none: no trigger is known, so there is no attack success rate
-            scores["attack_success_rate"] = attack_success_rate(predict(model, triggered_images, device), targets)
-        return scores
+        # The final metrics reuse the last epoch's evaluation when the weights have not moved since
+        # (measured: 3.5 s per call on the default test sets, four or twelve calls per stage).
+        if last.get("version") != state_version():
+            scores = {"clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels)}
+            if targets.numel():  # attack.name none: no trigger is known, so there is no attack success rate
+                scores["attack_success_rate"] = attack_success_rate(predict(model, triggered_images, device), targets)
+            last.update(version=state_version(), scores=scores)
+        return dict(last["scores"])
 
     return evaluate
 
@@ -239,11 +249,12 @@ def train_backdoored(params: Params) -> None:
         torch.manual_seed(params.seed)
         model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"])
         config = FitConfig(**params.train.model_dump())
+        evaluator = _test_evaluator(model, device)
         started = time.perf_counter()
-        history = fit(model, train, config, device, params.seed,
-                      on_epoch_end=_epoch_logger(run, "", _test_evaluator(model, device)), description="backdoored")
+        history = fit(model, train, config, device, params.seed, on_epoch_end=_epoch_logger(run, "", evaluator),
+                      description="backdoored")
         save_model(model, BACKDOORED_MODEL, {**spec, "freeze_layers": 0, "stage": "train-backdoored"})
-        final = {**history[-1], **_test_evaluator(model, device)(), "wall_seconds": time.perf_counter() - started,
+        final = {**history[-1], **evaluator(), "wall_seconds": time.perf_counter() - started,
                  "sample_epochs": config.epochs * len(train)}
         write_json(METRICS_DIR / "train_backdoored.json", final)
         run.log_metrics(_not_per_epoch(final, history, evaluated=True))

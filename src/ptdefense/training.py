@@ -79,6 +79,11 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last)
 
 
+# Evaluation batches: 256 runs resnet_small's fp32 inference at 5,400 images/s on this 2-core CPU,
+# 1,024 at 4,300 (the larger batch falls out of cache); the logits are bit-identical either way.
+INFERENCE_BATCH_SIZE = 256
+
+
 def _autocast(device: torch.device, precision: str):
     enabled = precision == "bf16" and device.type in ("cpu", "cuda")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -134,6 +139,11 @@ def fit(
     history: list[dict[str, float]] = []
     checkpoint, start_epoch = _resume(model, train, config, seed, description, suppress, suppress_weight,
                                       sample_losses, optimizer, scheduler, generator, history)
+    # Partial training: the frozen prefix maps each image to the same features in every epoch, so they
+    # are computed once (suppression, used only with nothing frozen, keeps the plain path). It pays
+    # from two epochs on (building the cache costs about one epoch of the prefix's forward passes).
+    cached = frozen_feature_cache(model, train.images, config.precision, device, memory_format) \
+        if suppress is None and config.epochs - start_epoch >= 2 else None
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
@@ -153,7 +163,10 @@ def fit(
                 chosen = suppress_order[torch.arange(start, start + suppress_size) % len(suppress)]
                 images = torch.cat([images, suppress.images[chosen]])
             with _autocast(device, config.precision):
-                all_logits = model(to_input(images, device).contiguous(memory_format=memory_format))
+                if cached is not None:
+                    all_logits = model.forward_trainable(cached[index].contiguous(memory_format=memory_format))
+                else:
+                    all_logits = model(to_input(images, device).contiguous(memory_format=memory_format))
                 logits = all_logits[: len(index)]
                 losses = F.cross_entropy(logits.float(), labels, reduction="none")
                 loss = losses.mean()
@@ -192,6 +205,38 @@ def fit(
     return history
 
 
+# The most memory the frozen prefix's cached features may take (default run, freeze_layers=3: 750 MiB;
+# CIFAR-10 on resnet18 with 3 frozen blocks would need 3.3 GiB and recomputes them instead).
+FEATURE_CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+@torch.no_grad()
+def frozen_feature_cache(model: nn.Module, images: torch.Tensor, precision: str, device: torch.device,
+                         memory_format: torch.memory_format) -> torch.Tensor | None:
+    """The frozen prefix's output for every image, or None (nothing frozen, or over the memory limit).
+
+    Measured (resnet_small, bf16, one epoch on 25,600 images): freeze_layers=3 trains at 7,900
+    images/s on cached features against 5,850 without, freeze_layers=2 at 4,700 against 3,400, with
+    the same losses and bit-identical weights. With only the first block frozen it does not pay
+    (2,700 against 2,900: that block is the cheapest to recompute and has the largest output), so
+    then it returns None. The prefix runs in eval mode (frozen BatchNorm), so its output depends on
+    neither the epoch nor the other images in the batch.
+    """
+    if getattr(model, "frozen_prefix", 0) < 2 or len(images) == 0:
+        return None
+    model.to(device=device, memory_format=memory_format)
+    with _autocast(device, precision):
+        probe = model.frozen_features(to_input(images[:2], device).contiguous(memory_format=memory_format))
+    if probe[0].numel() * probe.element_size() * len(images) > FEATURE_CACHE_LIMIT_BYTES:
+        return None
+    chunks = []
+    for start in range(0, len(images), INFERENCE_BATCH_SIZE):
+        batch = to_input(images[start:start + INFERENCE_BATCH_SIZE], device).contiguous(memory_format=memory_format)
+        with _autocast(device, precision):
+            chunks.append(model.frozen_features(batch))
+    return torch.cat(chunks)
+
+
 def _resume(model, train, config, seed, description, suppress, suppress_weight, sample_losses, optimizer,
             scheduler, generator, history) -> tuple[tuple[Path, str] | None, int]:
     """Inside a `checkpointing` scope: this fit's checkpoint slot and fingerprint, and the epoch to
@@ -220,24 +265,30 @@ def _resume(model, train, config, seed, description, suppress, suppress_weight, 
     return (path, key), int(state["epoch"])
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1024,
+def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
+                   batch_size: int = INFERENCE_BATCH_SIZE,
                    precision: str = "fp32", description: str = "predict") -> torch.Tensor:
+    # Outside inference_mode: a layout change made inside it would turn the parameters into
+    # inference tensors, which a later fit cannot train (found when evaluating before training).
     model.to(device=device, memory_format=torch.channels_last).eval()
     outputs = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=description, leave=False, mininterval=2.0, disable=None):
-        with _autocast(device, precision):
-            outputs.append(model(to_input(images[start:start + batch_size], device)).float().cpu())
+    with torch.inference_mode():
+        for start in tqdm(range(0, images.shape[0], batch_size), desc=description, leave=False, mininterval=2.0,
+                          disable=None):
+            with _autocast(device, precision):
+                outputs.append(model(to_input(images[start:start + batch_size], device)).float().cpu())
     if not outputs:
         return torch.empty(0)
     return torch.cat(outputs)
 
 
-def predict(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor, device: torch.device,
+            batch_size: int = INFERENCE_BATCH_SIZE) -> torch.Tensor:
     return predict_logits(model, images, device, batch_size).argmax(1)
 
 
-def per_sample_loss(model: nn.Module, data: ImageSet, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def per_sample_loss(model: nn.Module, data: ImageSet, device: torch.device,
+                    batch_size: int = INFERENCE_BATCH_SIZE) -> torch.Tensor:
     """Cross-entropy of every sample under `model` (eval mode, fp32), in dataset order."""
     logits = predict_logits(model, data.images, device, batch_size, description="per-sample loss")
     return F.cross_entropy(logits, data.labels, reduction="none")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from ptdefense.attacks.base import Attack, check_size, register_attack
@@ -88,7 +87,7 @@ def adversarial_perturbation(model: torch.nn.Module, images: torch.Tensor, label
         perturbed = original.clone()
         for _ in range(steps):
             perturbed.requires_grad_(True)
-            loss = F.cross_entropy(model(perturbed / 127.5 - 1.0), target)
+            loss = torch.nn.functional.cross_entropy(model(perturbed / 127.5 - 1.0), target)
             (gradient,) = torch.autograd.grad(loss, perturbed)
             with torch.no_grad():
                 perturbed = perturbed + step_size * gradient.sign()

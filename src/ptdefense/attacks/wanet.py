@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ptdefense.attacks.base import Attack, PoisonedTrainSet, register_attack
@@ -36,7 +35,8 @@ class WaNet(Attack):
         k = self.settings.k
         offsets = torch.rand((1, 2, k, k), generator=self._generator(3), dtype=torch.float64) * 2 - 1
         offsets = offsets / offsets.abs().mean()
-        field = F.interpolate(offsets, size=(height, width), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+        field = torch.nn.functional.interpolate(offsets, size=(height, width), mode="bicubic",
+                                                align_corners=True).permute(0, 2, 3, 1)
         rows = torch.linspace(-1, 1, height, dtype=torch.float64)
         columns = torch.linspace(-1, 1, width, dtype=torch.float64)
         grid_rows, grid_columns = torch.meshgrid(rows, columns, indexing="ij")
@@ -48,8 +48,8 @@ class WaNet(Attack):
         """Resample images on `grid`: one grid (1, H, W, 2) for all, or one per image (N, H, W, 2)."""
         if images.shape[0] == 0:
             return images.clone()
-        warped = F.grid_sample(images.double(), grid.expand(images.shape[0], -1, -1, -1), mode="bilinear",
-                               padding_mode="border", align_corners=True)
+        warped = torch.nn.functional.grid_sample(images.double(), grid.expand(images.shape[0], -1, -1, -1),
+                                                 mode="bilinear", padding_mode="border", align_corners=True)
         return warped.round_().clamp_(0, 255).to(torch.uint8)
 
     def apply_trigger(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.models import BlockNet, build_model
-from ptdefense.training import FitConfig, fit, predict_logits, to_input
+from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, fit, predict_logits, to_input
 
 
 @dataclass
@@ -36,18 +36,29 @@ def isolate_lowest_loss(losses: torch.Tensor, ratio: float) -> Isolation:
     return Isolation(isolated, -losses, {"loss_threshold": threshold})
 
 
-@torch.inference_mode()
-def pooled_features(model: BlockNet, images: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def logits_and_features(model: BlockNet, images: torch.Tensor, device: torch.device,
+                        batch_size: int = INFERENCE_BATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits, and penultimate features (the output of every block but the head, average-pooled),
+    in one pass (fp32, on CPU): the same logits as `predict_logits`, at the cost of one pass, not two."""
+    model.to(device=device, memory_format=torch.channels_last).eval()  # outside inference_mode, see predict_logits
+    *body, head = model.blocks.values()
+    logits, pooled = [], []
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            features = to_input(images[start:start + batch_size], device)
+            for block in body:
+                features = block(features)
+            logits.append(head(features).float().cpu())
+            pooled.append(features.float().mean((2, 3)).cpu())
+    if not logits:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(logits), torch.cat(pooled)
+
+
+def pooled_features(model: BlockNet, images: torch.Tensor, device: torch.device,
+                    batch_size: int = INFERENCE_BATCH_SIZE) -> torch.Tensor:
     """Penultimate features: the output of every block but the head, average-pooled (fp32, on CPU)."""
-    model.to(device=device, memory_format=torch.channels_last).eval()
-    body = list(model.blocks.values())[:-1]
-    outputs = []
-    for start in range(0, images.shape[0], batch_size):
-        features = to_input(images[start:start + batch_size], device)
-        for block in body:
-            features = block(features)
-        outputs.append(features.float().mean((2, 3)).cpu())
-    return torch.cat(outputs) if outputs else torch.empty(0)
+    return logits_and_features(model, images, device, batch_size)[1]
 
 
 def spectral_ratio(features: torch.Tensor) -> float:
@@ -250,14 +261,16 @@ def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tenso
 def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
                     width: int | None, device: torch.device, seed: int) -> tuple[Isolation, torch.Tensor]:
     """Per-sample loss under the partial model, then the isolation rule chosen in params."""
-    logits = predict_logits(model, train.images, device, settings.batch_size, description="partial-model logits")
+    if settings.method == "ratio":
+        logits = predict_logits(model, train.images, device, settings.batch_size, description="partial-model logits")
+    else:
+        logits, features = logits_and_features(model, train.images, device, settings.batch_size)
     losses = F.cross_entropy(logits, train.labels, reduction="none")
     if settings.method == "ratio":
         result = isolate_lowest_loss(losses, settings.ratio)
     elif settings.method in ("quarantine", "auto"):
         config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
                            lr=settings.lr, precision=settings.precision)
-        features = pooled_features(model, train.images, device, settings.batch_size)
         seed_ratio = settings.seed_ratio if settings.method == "quarantine" else None
         result = quarantine_isolation(logits, features, train, num_classes, architecture, width, seed_ratio,
                                       settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold,

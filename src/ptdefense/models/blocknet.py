@@ -43,13 +43,19 @@ class BlockNet(nn.Module):
             block.eval()  # frozen BN keeps its statistics
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def frozen_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix's output: fixed for a given image, so a trainer may compute it once."""
         features = images
-        blocks = list(self.blocks.values())
-        if self.frozen_prefix:
-            with torch.no_grad():
-                for block in blocks[: self.frozen_prefix]:
-                    features = block(features)
-        for block in blocks[self.frozen_prefix:]:
+        for block in self.frozen_blocks():
             features = block(features)
         return features
+
+    def forward_trainable(self, features: torch.Tensor) -> torch.Tensor:
+        """The blocks after the frozen prefix, on the prefix's output."""
+        for block in list(self.blocks.values())[self.frozen_prefix:]:
+            features = block(features)
+        return features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_trainable(self.frozen_features(images) if self.frozen_prefix else images)

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from ptdefense.models.blocknet import BlockNet
+from ptdefense.models.catalogue import BLOCK_COUNTS, model_names
 from ptdefense.models.preact import PreActBlock
 
 
@@ -129,28 +130,19 @@ def vgg_small(in_channels: int, num_classes: int, width: int = 32) -> BlockNet:
     ))
 
 
-_BUILDERS: dict[str, tuple[Callable[..., BlockNet], int]] = {
-    "resnet_small": (resnet_small, 5),
-    "resnet18": (resnet18, 6),
-    "preact_resnet18": (preact_resnet18, 6),
-    "vgg_small": (vgg_small, 5),
+_BUILDERS: dict[str, Callable[..., BlockNet]] = {
+    "resnet_small": resnet_small,
+    "resnet18": resnet18,
+    "preact_resnet18": preact_resnet18,
+    "vgg_small": vgg_small,
 }
-
-
-def model_names() -> list[str]:
-    return sorted(_BUILDERS)
-
-
-def num_blocks(name: str) -> int:
-    try:
-        return _BUILDERS[name][1]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(model_names())}") from None
+if set(_BUILDERS) != set(BLOCK_COUNTS):  # a new model needs a builder here and an entry in catalogue.py
+    raise ImportError(f"models/catalogue.py and registry.py disagree: {sorted(set(_BUILDERS) ^ set(BLOCK_COUNTS))}")
 
 
 def build_model(name: str, in_channels: int, num_classes: int, width: int | None = None) -> BlockNet:
     try:
-        builder, _ = _BUILDERS[name]
+        builder = _BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(model_names())}") from None
     return builder(in_channels, num_classes) if width is None else builder(in_channels, num_classes, width=width)

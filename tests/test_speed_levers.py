@@ -1,0 +1,166 @@
+"""The speed levers of issue 7 change how fast, never what is computed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ptdefense.training as training
+from ptdefense.data import ImageSet
+from ptdefense.defenses.pt import build_partial_model
+from ptdefense.training import FitConfig, fit, frozen_feature_cache
+
+CPU = torch.device("cpu")
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def random_set(n: int, seed: int = 0) -> ImageSet:
+    generator = torch.Generator().manual_seed(seed)
+    return ImageSet(torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator),
+                    torch.randint(0, 10, (n,), dtype=torch.int64, generator=generator))
+
+
+def partial_model(freeze_layers: int, data: ImageSet):
+    return build_partial_model("resnet_small", 1, 10, 8, freeze_layers, "recalibrate", data.images, CPU, seed=0)
+
+
+def count_prefix_passes(model) -> list[int]:
+    calls = [0]
+    original = model.frozen_features
+
+    def counting(images):
+        calls[0] += 1
+        return original(images)
+
+    model.frozen_features = counting  # forward() reaches it through self
+    return calls
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("freeze_layers", [2, 3])
+def test_cached_frozen_features_train_the_same_weights(monkeypatch, precision, freeze_layers):
+    data = random_set(320)
+    config = FitConfig(epochs=3, batch_size=64, lr=0.1, precision=precision)
+    cached_model, plain_model = partial_model(freeze_layers, data), partial_model(freeze_layers, data)
+    cached_calls, plain_calls = count_prefix_passes(cached_model), count_prefix_passes(plain_model)
+    cached_history = fit(cached_model, data, config, CPU, seed=0)
+    monkeypatch.setattr(training, "FEATURE_CACHE_LIMIT_BYTES", 0)  # over the limit: recompute every batch
+    plain_history = fit(plain_model, data, config, CPU, seed=0)
+    steps = config.epochs * 5
+    # The prefix ran once per inference chunk (plus a probe) instead of once per training step.
+    assert cached_calls[0] == 1 + 2 and plain_calls[0] == 1 + steps
+    assert [h["train_loss"] for h in cached_history] == [h["train_loss"] for h in plain_history]
+    cached_state, plain_state = cached_model.state_dict(), plain_model.state_dict()
+    for key, tensor in plain_state.items():
+        assert torch.equal(cached_state[key], tensor), key
+
+
+@pytest.mark.parametrize("freeze_layers, images, expected", [
+    (0, 64, None),  # nothing frozen
+    (1, 64, None),  # only the stem: cheaper to recompute than to gather (measured)
+    (3, 0, None),   # no images
+    (3, 64, (64, 16, 14, 14)),  # resnet_small width 8: layer2 has 16 channels at half resolution
+])
+def test_frozen_feature_cache_when_it_pays(freeze_layers, images, expected):
+    data = random_set(max(images, 8))
+    model = partial_model(freeze_layers, data)
+    cache = frozen_feature_cache(model, data.images[:images], "fp32", CPU, torch.channels_last)
+    assert (cache is None) if expected is None else (tuple(cache.shape) == expected)
+    if cache is not None:
+        with torch.no_grad():
+            direct = model.frozen_features(training.to_input(data.images[:images], CPU))
+        assert torch.equal(cache, direct)
+
+
+def test_one_epoch_fit_builds_no_cache():
+    data = random_set(128)
+    model = partial_model(3, data)
+    calls = count_prefix_passes(model)
+    fit(model, data, FitConfig(epochs=1, batch_size=64, lr=0.1, precision="fp32"), CPU, seed=0)
+    assert calls[0] == 2  # one per step: a cache would cost more than it saves
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"})
+
+
+def test_params_validation_does_not_load_torch(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("freeze_layers: 9\n")
+    result = run_python(
+        "import sys\n"
+        "from ptdefense.params import ParamsError, load_params\n"
+        f"try:\n    load_params({str(bad)!r})\nexcept ParamsError as error:\n    print(error)\n"
+        "print('torch loaded' if 'torch._C' in sys.modules else 'torch not loaded')\n"
+        "print('torchvision loaded' if 'torchvision' in sys.modules else 'torchvision not loaded')\n")
+    assert result.returncode == 0, result.stderr
+    assert "freeze_layers=9 is too large" in result.stdout
+    assert "torch not loaded" in result.stdout and "torchvision not loaded" in result.stdout
+
+
+def test_deferred_torch_loads_on_first_use():
+    result = run_python(
+        "import sys\n"
+        "import ptdefense.params\n"
+        "from ptdefense.attacks import build_attack\n"
+        "assert 'torch._C' not in sys.modules\n"
+        "import torch\n"
+        "from torch import nn\n"
+        "from ptdefense.models import BlockNet, build_model\n"
+        "model = build_model('resnet_small', 1, 10, 4)\n"
+        "assert isinstance(model, nn.Module) and isinstance(model, BlockNet)\n"
+        "assert type(sys.modules['torch']).__name__ == 'module'\n"
+        "images = torch.zeros((4, 1, 28, 28), dtype=torch.uint8)\n"
+        "attack = build_attack('badnets', 10)\n"
+        "print(int(attack.apply_trigger(images).sum()), tuple(model(images.float()).shape))\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(4 * 9 * 255), "(4,", "10)"]
+
+
+def test_final_evaluation_reuses_the_last_epochs(tmp_path, monkeypatch):
+    from ptdefense import pipeline
+
+    clean, triggered = random_set(40, seed=1), random_set(30, seed=2)
+    clean.save(tmp_path / "clean.npz")
+    triggered.save(tmp_path / "triggered.npz", attack_targets=np.zeros(30, dtype=np.int64))
+    monkeypatch.setattr(pipeline, "TEST_CLEAN", tmp_path / "clean.npz")
+    monkeypatch.setattr(pipeline, "TEST_TRIGGERED", tmp_path / "triggered.npz")
+    predictions = [0]
+    real_predict = training.predict
+
+    def counting_predict(*args, **kwargs):
+        predictions[0] += 1
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(training, "predict", counting_predict)
+    model = partial_model(0, clean)
+    evaluate = pipeline._test_evaluator(model, CPU)
+    first = evaluate()
+    assert predictions[0] == 2 and evaluate() == first and predictions[0] == 2  # weights unchanged: reused
+    fit(model, random_set(64), FitConfig(epochs=1, batch_size=32, lr=0.5, precision="fp32"), CPU, seed=0)
+    evaluate()
+    assert predictions[0] == 4  # trained since: evaluated afresh
+
+
+@pytest.mark.parametrize("name", ["resnet_small", "vgg_small"])
+def test_one_pass_logits_and_features_match_two_passes(name):
+    from ptdefense.defenses.isolation import logits_and_features
+    from ptdefense.models import build_model
+    from ptdefense.training import predict_logits
+
+    data = random_set(300)
+    torch.manual_seed(0)
+    model = build_model(name, 1, 10, 8)
+    logits, features = logits_and_features(model, data.images, CPU, batch_size=128)
+    assert torch.equal(logits, predict_logits(model, data.images, CPU, batch_size=128))
+    body = torch.nn.Sequential(*list(model.blocks.values())[:-1])
+    with torch.no_grad():
+        expected = body(training.to_input(data.images, CPU)).mean((2, 3))
+    assert features.shape == (300, expected.shape[1])
+    torch.testing.assert_close(features, expected)
