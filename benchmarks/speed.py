@@ -11,12 +11,14 @@ Measures, on the default configuration (params.yaml) and the training set poison
 - how long a params validation error takes to come back from a stage script;
 - with --dvc: the wall time and peak memory of a full `dvc exp run --temp --force` and of one
   with `freeze_layers` changed (what a user iterating on PT re-runs);
+- with --levers: each speed lever on and off (inference batch size and precision, the frozen-feature
+  cache of partial training, torch.compile with its compile time);
 - peak memory (max RSS) of this process.
 
 Prints one table and writes benchmarks/results/speed.json. Run from the repo root, after
 `dvc repro` (it reads data/poisoned/train.npz), with nothing else running:
 
-    .venv/bin/python benchmarks/speed.py [--samples 12800] [--epochs 1] [--repeats 3] [--dvc]
+    .venv/bin/python benchmarks/speed.py [--samples 12800] [--epochs 3] [--repeats 3] [--levers] [--dvc]
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from ptdefense.data.dataset import ImageSet  # noqa: E402
 from ptdefense.models import build_model, num_blocks  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
 from ptdefense.pipeline import dataset_info  # noqa: E402
-from ptdefense.training import FitConfig, fit, pick_device, training_memory_format  # noqa: E402
+import ptdefense.training as training  # noqa: E402
+from ptdefense.training import (INFERENCE_BATCH_SIZE, FitConfig, fit, pick_device, predict_logits,  # noqa: E402
+                                training_memory_format)
 
 # The stages that measure their own wall time (poison-data and evaluate do not train).
 STAGE_METRICS = {"train-backdoored": "train_backdoored", "partial-train": "partial_train", "isolate": "isolate",
@@ -76,6 +80,65 @@ def pipeline_fit(model, train: ImageSet, config: FitConfig, device, seed: int) -
         started = time.perf_counter()
         fit(model, train, config, device, seed, description="benchmark")
         return config.epochs * len(train) / (time.perf_counter() - started)
+
+
+def inference_images_per_second(model, images: torch.Tensor, device, batch_size: int, precision: str) -> float:
+    predict_logits(model, images[:batch_size], device, batch_size, precision)  # warm-up
+    started = time.perf_counter()
+    predict_logits(model, images, device, batch_size, precision)
+    return len(images) / (time.perf_counter() - started)
+
+
+def compiled_training(model, images: torch.Tensor, labels: torch.Tensor, config: FitConfig, device) -> dict:
+    """torch.compile: seconds to the end of the first two steps (compilation), then steady images/s."""
+    model.to(device=device, memory_format=torch.channels_last).train()
+    compiled = torch.compile(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True)
+
+    def step(index):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            inputs = images[index].float().div_(127.5).sub_(1.0).contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(compiled(inputs.to(device)).float(), labels[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    started = time.perf_counter()
+    batches = torch.arange(len(labels) - len(labels) % config.batch_size).split(config.batch_size)  # drop_last
+    step(batches[0])
+    step(batches[1])
+    compile_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    for index in batches:
+        step(index)
+    return {"compile_seconds": compile_seconds,
+            "images_per_second": len(batches) * config.batch_size / (time.perf_counter() - started)}
+
+
+def measure_levers(fresh, train: ImageSet, config: FitConfig, device, seed: int, freeze_layers: int,
+                   with_compile: bool) -> dict:
+    """Each lever on and off, on the same data: the figures behind the choices in the README."""
+    model = fresh()
+    levers = {"inference_images_per_second": {
+        f"fp32, batch {size}": inference_images_per_second(model, train.images, device, size, "fp32")
+        for size in (1024, INFERENCE_BATCH_SIZE)}}
+    levers["inference_images_per_second"][f"bf16, batch {INFERENCE_BATCH_SIZE}"] = inference_images_per_second(
+        model, train.images, device, INFERENCE_BATCH_SIZE, "bf16")
+    cached = {}
+    for freeze in sorted({2, 3, freeze_layers}):
+        cached[f"freeze_layers={freeze}, cached"] = pipeline_fit(fresh(freeze), train, config, device, seed)
+        saved = training.FEATURE_CACHE_LIMIT_BYTES
+        training.FEATURE_CACHE_LIMIT_BYTES = 0
+        try:
+            cached[f"freeze_layers={freeze}, recomputed"] = pipeline_fit(fresh(freeze), train, config, device, seed)
+        finally:
+            training.FEATURE_CACHE_LIMIT_BYTES = saved
+    levers["partial_training_images_per_second"] = cached
+    if with_compile:
+        levers["torch_compile"] = {
+            "eager_images_per_second": bare_loop(fresh(), train.images, train.labels, config, device),
+            **compiled_training(fresh(), train.images, train.labels, config, device)}
+    return levers
 
 
 def validation_error_seconds() -> float:
@@ -124,11 +187,15 @@ def stage_wall_seconds() -> dict[str, float | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=12_800, help="training images per measurement")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per measurement (default: train.epochs; the feature cache needs two or more)")
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs per figure")
     parser.add_argument("--dvc", action="store_true",
                         help="also time a full `dvc exp run --temp --force` and one with freeze_layers changed "
                              "(about 20 minutes on 2 cores)")
+    parser.add_argument("--levers", action="store_true",
+                        help="also measure each speed lever on and off (inference batch and precision, the "
+                             "frozen-feature cache, torch.compile): about 3 minutes")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/speed.json"))
     args = parser.parse_args()
 
@@ -139,6 +206,7 @@ def main() -> None:
         sys.exit(f"error: {train_path} is missing; run `dvc repro poison-data` first")
     full = ImageSet.load(train_path)
     train = full.subset(torch.arange(min(args.samples, len(full))))
+    args.epochs = args.epochs or params.train.epochs
     config = FitConfig(**{**params.train.model_dump(), "epochs": args.epochs})
     in_channels, num_classes = train.images.shape[1], dataset_info(train_path)["num_classes"]
 
@@ -164,6 +232,8 @@ def main() -> None:
         partial[freeze] = statistics.median(pipeline_fit(fresh(freeze), train, config, device, params.seed)
                                             for _ in range(args.repeats))
     rows["validation_error_seconds"] = validation_error_seconds()
+    levers = measure_levers(fresh, train, config, device, params.seed, params.freeze_layers,
+                            with_compile=True) if args.levers else {}
     dvc_runs = {}
     if args.dvc:
         # In temporary copies (--temp), so the workspace and dvc.lock stay as they are. freeze_layers
@@ -182,6 +252,7 @@ def main() -> None:
         "partial_speedup_over_full": {str(k): v / partial[0] for k, v in partial.items()},
         "stage_wall_seconds_last_repro": stage_wall_seconds(),
         "peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "levers": levers,
         "dvc": {name: {k: v for k, v in run.items() if k != "tail"} for name, run in dvc_runs.items()},
     }
     walls = {k: v for k, v in result["stage_wall_seconds_last_repro"].items() if v is not None}
@@ -207,6 +278,10 @@ def main() -> None:
         share = f" ({run['seconds'] / dvc_runs['full']['seconds']:.0%} of the full run)" if name != "full" else ""
         print(f"| {label} | {run['seconds']:,.0f} s{share}, stages run: {len(run['ran'])}, "
               f"peak memory {run['peak_memory_mib']:,.0f} MiB |")
+    for group, figures in levers.items():
+        for name, value in figures.items():
+            unit = "s" if name.endswith("seconds") else "images/s"
+            print(f"| lever: {group.replace('_', ' ')}, {name.replace('_', ' ')} | {value:,.1f} {unit} |")
     print(f"| peak memory of this benchmark process | {result['peak_memory_mib']:,.0f} MiB |")
     print(f"wrote {args.out}")
 

@@ -164,3 +164,40 @@ def test_one_pass_logits_and_features_match_two_passes(name):
         expected = body(training.to_input(data.images, CPU)).mean((2, 3))
     assert features.shape == (300, expected.shape[1])
     torch.testing.assert_close(features, expected)
+
+
+def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
+    """Scoring only the suspicious classes in each round, and the rest once, gives the same isolated
+    set and the same scores as scoring every sample after every round."""
+    import ptdefense.defenses.isolation as isolation
+    from ptdefense.models import build_model
+    from ptdefense.training import predict_logits
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 120, (480, 1, 12, 12), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(480) % 4
+    poison = torch.arange(0, 480, 8)  # labels 1, 5 -> relabelled to class 0 with a white corner
+    images[poison, :, -3:, -3:] = 255
+    labels[poison] = 0
+    train = ImageSet(images, labels)
+    torch.manual_seed(0)
+    scorer = build_model("resnet_small", 1, 4, 4)
+    fit(scorer, train, FitConfig(epochs=2, batch_size=32, lr=0.1, precision="fp32"), CPU, seed=0)
+    logits, features = isolation.logits_and_features(scorer, train.images, CPU)
+    config = FitConfig(epochs=2, batch_size=32, lr=0.1, precision="fp32")
+    # The class-flagging rule is tested elsewhere; here only label 0 (the target) is suspicious.
+    monkeypatch.setattr(isolation, "suspicious_classes", lambda *a, **k: ([0], {}))
+    arguments = (logits, features, train, 4, "resnet_small", 4, 0.05, 0.18, 1.5, 0.1, config, CPU, 0)
+    fast = isolation.quarantine_isolation(*arguments, rounds=2)
+
+    every_round_models = []
+    original = isolation._train_quarantine
+    monkeypatch.setattr(isolation, "_train_quarantine",
+                        lambda *a, **k: every_round_models.append(original(*a, **k)) or every_round_models[-1])
+    again = isolation.quarantine_isolation(*arguments, rounds=2)
+    assert len(every_round_models) == 2 and fast.details["seed_count"] == again.details["seed_count"]
+    full = predict_logits(every_round_models[-1], train.images, CPU).softmax(1)[:, 4]
+    assert torch.equal(fast.isolated, again.isolated)
+    assert torch.equal(fast.scores, full)
+    assert 0 < fast.isolated.numel() < int((labels == 0).sum())
+    assert fast.scores[labels != 0].gt(0).any()  # the other labels were scored too, by the last model

@@ -222,6 +222,7 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
         details["note"] = "the suspicious classes have no low-loss mode: nothing isolated"
         return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
     details["seed_count"], details["quarantine_training_count"] = [], 0
+    quarantine_probability = torch.zeros(labels.numel())
     for round_index in range(rounds):
         if round_index:
             # Later rounds: the previous round's isolated samples are the seeds, uncapped. They are
@@ -230,20 +231,25 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
             seeds = isolated
             if seeds.numel() == 0:
                 break
-        quarantine_probability = _train_quarantine(train, seeds, anchors, in_suspicious, num_classes, architecture,
-                                                   width, config, device, seed + round_index)
+        quarantine_model = _train_quarantine(train, seeds, anchors, in_suspicious, num_classes, architecture,
+                                             width, config, device, seed + round_index)
+        # Only the suspicious classes can be isolated, so each round scores only them; the other
+        # samples' scores (for the ranking) come from the last round's model, once.
+        quarantine_probability[in_suspicious] = _quarantine_probability(
+            quarantine_model, train.images[in_suspicious], num_classes, device)
         isolated = torch.nonzero(in_suspicious & (quarantine_probability > threshold)).flatten()
         details["seed_count"].append(int(seeds.numel()))
         details["quarantine_training_count"] += int((~in_suspicious).sum()) + int(seeds.numel()) + int(anchors.numel())
+    quarantine_probability[~in_suspicious] = _quarantine_probability(
+        quarantine_model, train.images[~in_suspicious], num_classes, device)
     details["anchor_count"] = int(anchors.numel())
     return Isolation(isolated, quarantine_probability, details)
 
 
 def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tensor, in_suspicious: torch.Tensor,
                       num_classes: int, architecture: str, width: int | None, config: FitConfig,
-                      device: torch.device, seed: int) -> torch.Tensor:
-    """Train a model with one extra output (the quarantine class, for the seeds); return its
-    quarantine probability for every training sample."""
+                      device: torch.device, seed: int) -> BlockNet:
+    """Train a model with one extra output (the quarantine class), on the seeds relabelled to it."""
     quarantine_label = num_classes
     relabelled = train.labels.clone()
     relabelled[seeds] = quarantine_label
@@ -254,8 +260,15 @@ def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tenso
     torch.manual_seed(seed)
     model = build_model(architecture, train.images.shape[1], num_classes + 1, width)
     fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed, description="quarantine")
-    probabilities = predict_logits(model, train.images, device, description="quarantine scores").softmax(1)
-    return probabilities[:, quarantine_label]
+    return model
+
+
+def _quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: int,
+                            device: torch.device) -> torch.Tensor:
+    """The quarantine class's softmax probability for each image."""
+    if len(images) == 0:  # every label suspicious, or none: nothing to score on this side
+        return torch.empty(0)
+    return predict_logits(model, images, device, description="quarantine scores").softmax(1)[:, num_classes]
 
 
 def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
