@@ -48,10 +48,8 @@ def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml")
         # Every fit in the stage checkpoints per epoch; a rerun after a kill resumes from there.
         with checkpointing(name, params.digest()):
             stage(params)
-    except (ParamsError, ArtifactError, DatasetError, TrackingError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except OSError as error:  # disk full, permissions: the one line that says what and where
+    except (ParamsError, ArtifactError, DatasetError, TrackingError, OSError) as error:
+        # OSError: disk full, permissions; the one line says what and where.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
