@@ -1,10 +1,11 @@
 """Deferred imports, so that a params validation error comes back before torch has loaded.
 
-`import torch` costs about 1.2 s here and torchvision another 1.4 s. The params schema needs
-neither, but it reaches the attack modules (for their settings), which use torch inside their
-functions only. `defer_import("torch")` puts a stand-in into `sys.modules`: a later `import torch`
-binds the stand-in without loading anything, and the first attribute read through it
-(`torch.Tensor`, `from torch import nn`) imports the real module, which then replaces the stand-in.
+Importing the params module used to take 2.7 s here, nearly all of it torch (1.2 s) and torchvision
+(the model registry). The schema needs neither, but it reaches the attack modules for their
+settings, and those use torch only inside their functions. `defer_import("torch")` puts a
+stand-in into `sys.modules`: a later `import torch` binds the stand-in without loading anything,
+and the first attribute read through it (`torch.Tensor`, `from torch import nn`) imports the real
+module, which then replaces the stand-in.
 
 importlib's LazyLoader does not serve here: on Python 3.11 the `import` statement itself reads
 the module's `__spec__`, which makes LazyLoader load at once.
