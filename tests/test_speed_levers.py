@@ -104,6 +104,19 @@ def test_params_validation_does_not_load_torch(tmp_path):
     assert "torch not loaded" in result.stdout and "torchvision not loaded" in result.stdout
 
 
+@pytest.mark.parametrize("stage", ["partial_train", "isolate", "poison_data"])
+def test_a_stage_reports_bad_params_before_importing_torch(tmp_path, stage):
+    (tmp_path / "params.yaml").write_text("freeze_layers: 9\n")
+    script = Path(__file__).resolve().parents[1] / "stages" / f"{stage}.py"
+    result = subprocess.run([sys.executable, "-X", "importtime", str(script)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "freeze_layers=9 is too large" in result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "ptdefense.params" in imported  # -X importtime did list the imports
+    assert not {"torch._C", "torchvision", "mlflow"} & imported
+
+
 def test_deferred_torch_loads_on_first_use():
     result = run_python(
         "import sys\n"
@@ -121,6 +134,23 @@ def test_deferred_torch_loads_on_first_use():
         "print(int(attack.apply_trigger(images).sum()), tuple(model(images.float()).shape))\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(4 * 9 * 255), "(4,", "10)"]
+
+
+def test_torch_submodules_import_once_after_params():
+    """The stand-in leaves sys.modules with the params import, so `import torch.nn.functional` later
+    takes the normal path (through the stand-in, torch/nn/__init__.py would run a second time)."""
+    result = run_python(
+        "import sys\n"
+        "import ptdefense.params\n"
+        "from ptdefense.attacks import badnets\n"
+        "assert 'torch' not in sys.modules, type(sys.modules.get('torch'))\n"
+        "import torch.nn.functional as F\n"
+        "import torch\n"
+        "assert sys.modules['torch.nn'] is torch.nn and F is torch.nn.functional\n"
+        "assert badnets.torch.nn is torch.nn and badnets.torch.Tensor is torch.Tensor\n"
+        "print('ok')\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
 
 
 def test_final_evaluation_reuses_the_last_epochs(tmp_path, monkeypatch):
@@ -167,8 +197,8 @@ def test_one_pass_logits_and_features_match_two_passes(name):
 
 
 def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
-    """Scoring only the suspicious classes in each round, and the rest once, gives the same isolated
-    set and the same scores as scoring every sample after every round."""
+    """Scoring only the suspicious classes in each round, and the rest once, gives the isolated set
+    and scores that scoring every sample with each round's model (the slow path) gives."""
     import ptdefense.defenses.isolation as isolation
     from ptdefense.models import build_model
     from ptdefense.training import predict_logits
@@ -187,17 +217,20 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     config = FitConfig(epochs=2, batch_size=32, lr=0.1, precision="fp32")
     # The class-flagging rule is tested elsewhere; here only label 0 (the target) is suspicious.
     monkeypatch.setattr(isolation, "suspicious_classes", lambda *a, **k: ([0], {}))
-    arguments = (logits, features, train, 4, "resnet_small", 4, 0.05, 0.18, 1.5, 0.1, config, CPU, 0)
-    fast = isolation.quarantine_isolation(*arguments, rounds=2)
-
-    every_round_models = []
+    round_models = []
     original = isolation._train_quarantine
     monkeypatch.setattr(isolation, "_train_quarantine",
-                        lambda *a, **k: every_round_models.append(original(*a, **k)) or every_round_models[-1])
-    again = isolation.quarantine_isolation(*arguments, rounds=2)
-    assert len(every_round_models) == 2 and fast.details["seed_count"] == again.details["seed_count"]
-    full = predict_logits(every_round_models[-1], train.images, CPU).softmax(1)[:, 4]
-    assert torch.equal(fast.isolated, again.isolated)
-    assert torch.equal(fast.scores, full)
-    assert 0 < fast.isolated.numel() < int((labels == 0).sum())
-    assert fast.scores[labels != 0].gt(0).any()  # the other labels were scored too, by the last model
+                        lambda *a, **k: round_models.append(original(*a, **k)) or round_models[-1])
+    threshold = 0.1
+    fast = isolation.quarantine_isolation(logits, features, train, 4, "resnet_small", 4, 0.05, 0.18, 1.5, threshold,
+                                          config, CPU, 0, rounds=2)
+    assert len(round_models) == 2
+    in_suspicious = labels == 0
+    # The slow path: every sample scored by each round's model; each round's isolated set.
+    slow_scores = [predict_logits(model, train.images, CPU).softmax(1)[:, 4] for model in round_models]
+    slow_isolated = [torch.nonzero(in_suspicious & (scores > threshold)).flatten() for scores in slow_scores]
+    assert fast.details["seed_count"][1] == slow_isolated[0].numel()  # round 1's isolated set seeded round 2
+    assert torch.equal(fast.isolated, slow_isolated[1])
+    assert torch.equal(fast.scores, slow_scores[1])
+    assert 0 < fast.isolated.numel() < int(in_suspicious.sum())
+    assert fast.scores[~in_suspicious].gt(0).all()  # the other labels were scored too, by the last model

@@ -17,15 +17,15 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from ptdefense.lazy import defer_import
+from ptdefense.lazy import deferred_imports
+from ptdefense.models.catalogue import model_names
+from ptdefense.schema import StrictSection
 
 # The attack modules (imported for their settings) use torch only inside their functions: defer it,
-# so that a bad params.yaml is reported in well under 2 s instead of after torch has loaded.
-defer_import("torch")
-
-from ptdefense.attacks import attack_class, attack_names  # noqa: E402
-from ptdefense.models.catalogue import model_names  # noqa: E402
-from ptdefense.schema import StrictSection
+# so that a bad params.yaml is reported in half a second instead of after torch has loaded.
+with deferred_imports("torch"):
+    from ptdefense.attacks import attack_class, attack_names
+    from ptdefense.data import dataset_num_classes
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -199,7 +199,7 @@ class IsolationParams(_Section):
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "bf16"
-    # Batch size of the per-sample loss pass (inference only).
+    # Batch size of the partial model's inference pass (per-sample losses and features).
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 256
 
 
@@ -260,7 +260,6 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
-        from ptdefense.data import dataset_num_classes
         from ptdefense.models.catalogue import num_blocks
 
         num_classes = dataset_num_classes(self.data.name)  # None: known once the files are read

@@ -38,13 +38,14 @@ REPORTS_DIR = Path("reports")
 
 def run_stage(stage: Callable[[Params], None], params_path: str = "params.yaml") -> None:
     """Validate params.yaml, run the stage, and turn known input errors into one clear line."""
-    from ptdefense.checkpoints import checkpointing
     from ptdefense.data.loaders import DatasetError
     from ptdefense.tracking import TrackingError
 
     name = stage.__name__.replace("_", "-")
     try:
         params = load_params(params_path)
+        from ptdefense.checkpoints import checkpointing  # imports torch: only once the params are valid
+
         # Every fit in the stage checkpoints per epoch; a rerun after a kill resumes from there.
         with checkpointing(name, params.digest()):
             stage(params)

@@ -79,8 +79,9 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last)
 
 
-# Evaluation batches: 256 runs resnet_small's fp32 inference at 5,400 images/s on this 2-core CPU,
-# 1,024 at 4,300 (the larger batch falls out of cache); the logits are bit-identical either way.
+# Evaluation batches: on this 2-core CPU, resnet_small's fp32 inference ran at 6,188 images/s with
+# batches of 256 and 3,866 with 1,024 (benchmarks/speed.py --levers; 5,400 against 4,300 in a
+# micro-benchmark). The logits were bit-identical on CPU; on CUDA other kernels may be chosen.
 INFERENCE_BATCH_SIZE = 256
 
 
@@ -205,7 +206,7 @@ def fit(
     return history
 
 
-# The most memory the frozen prefix's cached features may take (default run, freeze_layers=3: 750 MiB;
+# The most memory the frozen prefix's cached features may take (default run, freeze_layers=3: 718 MiB;
 # CIFAR-10 on resnet18 with 3 frozen blocks would need 3.3 GiB and recomputes them instead).
 FEATURE_CACHE_LIMIT_BYTES = 2 * 1024**3
 
@@ -217,13 +218,15 @@ def frozen_feature_cache(model: nn.Module, images: torch.Tensor, precision: str,
 
     Measured (resnet_small, bf16, one epoch on 25,600 images): freeze_layers=3 trains at 7,900
     images/s on cached features against 5,850 without, freeze_layers=2 at 4,700 against 3,400, with
-    the same losses and bit-identical weights. With only the first block frozen it does not pay
-    (2,700 against 2,900: that block is the cheapest to recompute and has the largest output), so
-    then it returns None. The prefix runs in eval mode (frozen BatchNorm), so its output depends on
+    the same losses and bit-identical weights on CPU (`benchmarks/speed.py --levers`, 3 epochs on
+    12,800 images: 6,478 against 5,430, and 3,821 against 3,635). With only the first block frozen
+    it does not pay (2,700 against 2,900: that block is the cheapest to recompute and has the
+    largest output), so then it returns None. The prefix runs in eval mode (frozen BatchNorm), so its output depends on
     neither the epoch nor the other images in the batch.
     """
     if getattr(model, "frozen_prefix", 0) < 2 or len(images) == 0:
         return None
+    model.train(model.training)  # BlockNet keeps its frozen blocks in eval mode whatever the mode
     model.to(device=device, memory_format=memory_format)
     with _autocast(device, precision):
         probe = model.frozen_features(to_input(images[:2], device).contiguous(memory_format=memory_format))
