@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
 import os
 import re
@@ -109,6 +111,23 @@ def write_json(path: str | Path, payload: object) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """A header line and one line per row (fieldnames default to the first row's keys), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames or list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_npz(path: str | Path, **arrays) -> None:
+    """An uncompressed .npz of the named arrays, in the order given, atomically."""
+    import numpy as np  # not needed by the params layer, which imports this module
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def read_json(path: str | Path, producer: str) -> dict:
