@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptdefense.artifacts import ArtifactError, atomic_path, require_file
+from ptdefense.artifacts import ArtifactError, require_file, write_npz
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,14 @@ class ImageSet:
     def subset(self, indices: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[indices], self.labels[indices])
 
+    def split(self, indices: torch.Tensor) -> tuple["ImageSet", "ImageSet"]:
+        """(the samples not in `indices`, in order; the samples at `indices`)."""
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[indices] = False
+        return self.subset(torch.nonzero(keep).flatten()), self.subset(indices)
+
     def save(self, path: str | Path, **extra: np.ndarray) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, images=self.images.numpy(), labels=self.labels.numpy(), **extra)
+        write_npz(path, images=self.images.numpy(), labels=self.labels.numpy(), **extra)
 
     @classmethod
     def load(cls, path: str | Path, producer: str = "poison-data") -> "ImageSet":
@@ -61,3 +65,17 @@ def load_npz(path: str | Path, producer: str, required: tuple[str, ...]) -> dict
     if missing:
         raise ArtifactError(f"{path} lacks the arrays {missing}; re-create it with `dvc repro {producer}`")
     return arrays
+
+
+def dataset_info(path: str | Path) -> dict:
+    """What poison-data stored beside the training images: the class count and names, and each
+    sample's source file (image folders, GTSRB), without loading the images themselves."""
+    with np.load(require_file(path, "poison-data"), allow_pickle=False) as archive:
+        if "num_classes" not in archive.files:
+            raise ArtifactError(f"{path} predates the dataset metadata (num_classes); re-create it with "
+                                "`dvc repro poison-data`")
+        num_classes = int(archive["num_classes"])
+        class_names = [str(name) for name in archive["class_names"]] if "class_names" in archive.files else []
+        sources = [str(name) for name in archive["sources"]] if "sources" in archive.files else None
+    return {"num_classes": num_classes, "class_names": class_names or [str(c) for c in range(num_classes)],
+            "sources": sources}

@@ -56,9 +56,7 @@ def run_abl(model: BlockNet, train: ImageSet, settings, device: torch.device, se
                                on_epoch_end=on_epoch_end("isolation"), description="abl isolation")
     losses = per_sample_loss(model, train, device)
     isolated = isolate_lowest_loss(losses, settings.isolation_ratio).isolated
-    keep = torch.ones(len(train), dtype=torch.bool)
-    keep[isolated] = False
-    retained, suspects = train.subset(torch.nonzero(keep).flatten()), train.subset(isolated)
+    retained, suspects = train.split(isolated)
     history["retrain"] = fit(model, retained, FitConfig(epochs=settings.retrain_epochs, lr=settings.lr, **optimiser),
                              device, seed + 1, on_epoch_end=on_epoch_end("retrain"), description="abl retrain")
     history["unlearn"] = []
