@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ptdefense.attacks import attack_names  # noqa: E402
+from ptdefense.attacks.registry import attack_names  # noqa: E402
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 

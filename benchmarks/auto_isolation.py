@@ -13,7 +13,6 @@ rule can be re-measured without partial training again.
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from ptdefense.artifacts import resolve_path, write_json, write_text  # noqa: E402
-from ptdefense.attacks import build_attack  # noqa: E402
-from ptdefense.data import load_dataset  # noqa: E402
+from ptdefense.attacks.registry import build_attack  # noqa: E402
+from ptdefense.data.loading import load_dataset  # noqa: E402
 from ptdefense.defenses.isolation import isolate_samples  # noqa: E402
 from ptdefense.defenses.pt import build_partial_model  # noqa: E402
 from ptdefense.metrics import isolation_metrics  # noqa: E402

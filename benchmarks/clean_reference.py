@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from ptdefense.artifacts import resolve_path, write_json  # noqa: E402
-from ptdefense.attacks import attack_names, build_attack  # noqa: E402
-from ptdefense.data import load_dataset  # noqa: E402
+from ptdefense.attacks.registry import attack_names, build_attack  # noqa: E402
+from ptdefense.data.loading import load_dataset  # noqa: E402
 from ptdefense.metrics import attack_success_rate, clean_accuracy  # noqa: E402
-from ptdefense.models import build_model  # noqa: E402
+from ptdefense.models.registry import build_model  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
 from ptdefense.training import FitConfig, fit, pick_device, predict, seed_everything  # noqa: E402
 

@@ -43,9 +43,10 @@ import torch.nn.functional as F  # noqa: E402
 from ptdefense.artifacts import write_json  # noqa: E402
 from ptdefense.checkpoints import checkpointing  # noqa: E402
 from ptdefense.data.dataset import ImageSet  # noqa: E402
-from ptdefense.models import build_model, num_blocks  # noqa: E402
+from ptdefense.models.registry import build_model  # noqa: E402
+from ptdefense.models.catalogue import num_blocks  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
-from ptdefense.pipeline import dataset_info  # noqa: E402
+from ptdefense.data.dataset import dataset_info  # noqa: E402
 import ptdefense.training as training  # noqa: E402
 from ptdefense.training import (INFERENCE_BATCH_SIZE, FitConfig, fit, pick_device, predict_logits,  # noqa: E402
                                 training_memory_format)

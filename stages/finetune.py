@@ -1,12 +1,54 @@
-"""DVC stage `finetune`: validate params.yaml, then run ptdefense.pipeline.finetune."""
+"""DVC stage `finetune`: PT's last step. A clean model is trained on the samples that isolate kept,
+while the isolated ones are pushed away from their labels (`finetune.unlearn`)."""
 
 import sys
 from pathlib import Path
 
-# Run the library next to this script (the code DVC hashed), also inside `dvc exp run --temp` copies.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's code, the code DVC hashed
+from ptdefense.params import Params  # noqa: E402
+from ptdefense.stage import run_stage  # noqa: E402
 
-from ptdefense.pipeline import finetune, run_stage  # noqa: E402
+
+def finetune(params: Params) -> None:
+    import time
+
+    import torch
+
+    from ptdefense.data.dataset import ImageSet, dataset_info, load_npz
+    from ptdefense.defenses.pt import finetune_model
+    from ptdefense.models.io import load_model, save_model
+    from ptdefense.models.registry import build_from_spec
+    from ptdefense.paths import BACKDOORED_MODEL, DEFENDED_MODEL, ISOLATED, PARTIAL_MODEL, TRAIN_SET, stage_metrics
+    from ptdefense.scoring import test_set_scorer
+    from ptdefense.stage import epoch_logger, finish, logged_params, model_spec, not_per_epoch, setup
+    from ptdefense.tracking import StageRun
+    from ptdefense.training import FitConfig
+
+    device = setup(params)
+    train = ImageSet.load(TRAIN_SET)
+    isolated = torch.from_numpy(load_npz(ISOLATED, "isolate", ("isolated_indices",))["isolated_indices"]).long()
+    retained, suspects = train.split(isolated)
+    spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
+    with StageRun("finetune", params, logged_params(params, "finetune")) as run:
+        torch.manual_seed(params.seed + 2)
+        if params.finetune.init == "scratch":
+            model = build_from_spec(spec)
+        elif params.finetune.init == "backdoored":
+            model, _ = load_model(BACKDOORED_MODEL, "train-backdoored")
+        else:
+            model, _ = load_model(PARTIAL_MODEL, "partial-train")
+        config = FitConfig(**params.finetune.model_dump(exclude={"init", "unlearn", "unlearn_weight"}))
+        started = time.perf_counter()
+        history = finetune_model(model, retained, suspects if params.finetune.unlearn else None, config, device,
+                                 params.seed + 2, params.finetune.unlearn_weight,
+                                 on_epoch_end=epoch_logger(run, "", test_set_scorer(model, device)))
+        save_model(model, DEFENDED_MODEL,
+                   {**spec, "freeze_layers": 0, "stage": "finetune", "init": params.finetune.init})
+        final = {**history[-1], "retained_count": len(retained), "isolated_count": len(suspects),
+                 "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(retained)}
+        finish(run, stage_metrics("finetune"), final, not_per_epoch(final, history, evaluated=True),
+               [DEFENDED_MODEL])
+
 
 if __name__ == "__main__":
     run_stage(finetune)

@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ptdefense.data import ImageSet
+from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.abl import gradient_ascent, held_loss, run_abl
 from ptdefense.metrics import isolation_metrics
-from ptdefense.models import build_model
+from ptdefense.models.registry import build_model
 from ptdefense.training import FitConfig, fit, per_sample_loss
 
 CPU = torch.device("cpu")

@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from ptdefense.attacks import attack_class, attack_names, build_attack
-from ptdefense.data import ImageSet
-from ptdefense.models import build_model
+from ptdefense.attacks.registry import attack_class, attack_names, build_attack
+from ptdefense.data.dataset import ImageSet
+from ptdefense.models.registry import build_model
 
 ALL = ["badnets", "badnets_all2all", "blend", "label_consistent", "sig", "trojan", "wanet"]
 # Cheap settings for the one attack that trains a model (its surrogate) before poisoning.

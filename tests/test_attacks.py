@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptdefense.attacks import attack_names, build_attack
-from ptdefense.data import ImageSet
+from ptdefense.attacks.registry import attack_names, build_attack
+from ptdefense.data.dataset import ImageSet
 
 
 TARGET = 0

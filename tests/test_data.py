@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,11 @@ import pytest
 import torch
 
 from ptdefense.artifacts import ArtifactError
-from ptdefense.data import DatasetInvalid, DatasetUnavailable, ImageSet, dataset_num_classes, load_dataset
-from ptdefense.data import loaders
-from ptdefense.data.dataset import load_npz
+from ptdefense.data.catalogue import dataset_num_classes
+from ptdefense.data.dataset import ImageSet, load_npz
+from ptdefense.data.errors import DatasetInvalid, DatasetUnavailable
+from ptdefense.data.formats import idx
+from ptdefense.data.loading import load_dataset
 
 
 TRAIN_IMAGES, TRAIN_LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
@@ -61,7 +62,7 @@ def no_system_copy(tmp_path, monkeypatch):
     """Never fall back to a Fashion-MNIST installed on this machine."""
     empty = tmp_path / "no-debian-copy"
     empty.mkdir()
-    monkeypatch.setattr(loaders, "DEBIAN_FASHION_MNIST", empty)
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", empty)
     return empty
 
 

@@ -15,16 +15,10 @@ from PIL import Image
 from torchvision.transforms.functional import InterpolationMode, resize
 
 from payloads import EvalsMarker, TouchesMarker
-from ptdefense.data import (
-    DATASET_NAMES,
-    DatasetError,
-    DatasetInvalid,
-    DatasetUnavailable,
-    LoadedDataset,
-    dataset_num_classes,
-    load_dataset,
-)
-from ptdefense.data import loaders
+from ptdefense.data.catalogue import DATASET_NAMES, dataset_num_classes
+from ptdefense.data.errors import DatasetError, DatasetInvalid, DatasetUnavailable
+from ptdefense.data.formats import idx
+from ptdefense.data.loading import LoadedDataset, load_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +26,7 @@ def no_system_copy(tmp_path, monkeypatch):
     """Never fall back to a Fashion-MNIST installed on this machine, never reach the network."""
     empty = tmp_path / "no-debian-copy"
     empty.mkdir()
-    monkeypatch.setattr(loaders, "DEBIAN_FASHION_MNIST", empty)
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", empty)
 
     def no_network(*args, **kwargs):
         raise AssertionError("a test tried to download")
@@ -64,6 +58,24 @@ def test_names_and_num_classes():
         load_dataset("svhn", Path("/nonexistent"), download=False)
     assert issubclass(DatasetInvalid, DatasetError) and issubclass(DatasetUnavailable, DatasetError)
     assert issubclass(DatasetError, RuntimeError)
+
+
+def test_every_catalogued_dataset_has_a_format_loader():
+    from ptdefense.data import loading
+
+    assert tuple(loading._format_loaders()) == DATASET_NAMES
+
+
+def test_catalogue_and_errors_import_without_torch():
+    """The params schema reads the catalogue before any heavy import; ImageSet needs no loader."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import ptdefense.data.catalogue, ptdefense.data.errors; "
+            "assert not {'torch', 'numpy'} & set(sys.modules), sorted(sys.modules); "
+            "import ptdefense.data.dataset; "
+            "assert not {'torchvision', 'ptdefense.data.loading'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_test_split_only_for_image_folders(tmp_path):

@@ -10,9 +10,10 @@ from torch import nn
 
 from payloads import TouchesMarker
 from ptdefense.artifacts import ArtifactError
-from ptdefense.data import ImageSet
+from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.pt import build_partial_model, recalibrate_batchnorm
-from ptdefense.models import build_model, model_names, num_blocks
+from ptdefense.models.registry import build_model
+from ptdefense.models.catalogue import model_names, num_blocks
 from ptdefense.models.io import SPEC_FILE, WEIGHTS_FILE, load_model, save_model
 from ptdefense.params import ParamsError, validate_params
 from ptdefense.training import FitConfig, fit, predict_logits

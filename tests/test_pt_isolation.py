@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptdefense.attacks import build_attack
-from ptdefense.data import DatasetUnavailable, load_dataset
-from ptdefense.defenses.isolation import (isolate_lowest_loss, pooled_features, quarantine_isolation,
+from ptdefense.attacks.registry import build_attack
+from ptdefense.data.errors import DatasetUnavailable
+from ptdefense.data.loading import load_dataset
+from ptdefense.defenses.isolation import (isolate_lowest_loss, logits_and_features, quarantine_isolation,
                                           spectral_ratio, suspicious_classes)
 from ptdefense.defenses.pt import build_partial_model
 from ptdefense.metrics import isolation_metrics
-from ptdefense.training import FitConfig, fit, predict_logits
+from ptdefense.training import FitConfig, fit
 
 
 def test_lowest_loss_takes_exactly_the_ratio_and_breaks_ties_by_index():
@@ -100,7 +101,7 @@ def partial_outputs(fashion_mnist_subset):
     device = torch.device("cpu")
     model = build_partial_model("resnet_small", 1, 10, None, 3, "recalibrate", data.images, device, seed=0)
     fit(model, data, FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"), device, seed=1)
-    return predict_logits(model, data.images, device), pooled_features(model, data.images, device)
+    return logits_and_features(model, data.images, device)
 
 
 def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_subset, partial_outputs):

@@ -183,9 +183,9 @@ def _folder(root: Path, corrupt: bool = False) -> None:
 
 
 def _run_poison_data(tmp_path: Path, monkeypatch, data: dict) -> tuple[int, str]:
-    import yaml
+    import runpy
 
-    from ptdefense.pipeline import poison_data, run_stage
+    import yaml
 
     workspace = tmp_path / "workspace"
     workspace.mkdir()
@@ -194,7 +194,7 @@ def _run_poison_data(tmp_path: Path, monkeypatch, data: dict) -> tuple[int, str]
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     with pytest.raises(SystemExit) as info:
-        run_stage(poison_data, "params.yaml")
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "stages" / "poison_data.py"), run_name="__main__")
     assert not (workspace / "data").exists() and not (workspace / "metrics").exists()  # nothing half-written
     return info.value.code, workspace
 

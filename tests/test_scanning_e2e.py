@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from dvc_workspace import copy_repo, run
-from ptdefense.attacks import build_attack
-from ptdefense.data import DatasetUnavailable, load_dataset
+from ptdefense.attacks.registry import build_attack
+from ptdefense.data.errors import DatasetUnavailable
+from ptdefense.data.loading import load_dataset
 
 pytestmark = pytest.mark.e2e
 

@@ -6,12 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import ptdefense.training as training
-from ptdefense.data import ImageSet
+from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.pt import build_partial_model
 from ptdefense.training import FitConfig, fit, frozen_feature_cache
 
@@ -117,61 +116,45 @@ def test_a_stage_reports_bad_params_before_importing_torch(tmp_path, stage):
     assert not {"torch._C", "torchvision", "mlflow"} & imported
 
 
-def test_deferred_torch_loads_on_first_use():
+def test_the_params_layer_is_torch_free_by_construction():
+    """No stand-in module: validating params imports neither torch nor numpy at all, and the attack
+    settings, model and dataset catalogues it reads are real modules."""
     result = run_python(
         "import sys\n"
-        "import ptdefense.params\n"
-        "from ptdefense.attacks import build_attack\n"
-        "assert 'torch._C' not in sys.modules\n"
-        "import torch\n"
-        "from torch import nn\n"
-        "from ptdefense.models import BlockNet, build_model\n"
-        "model = build_model('resnet_small', 1, 10, 4)\n"
-        "assert isinstance(model, nn.Module) and isinstance(model, BlockNet)\n"
-        "assert type(sys.modules['torch']).__name__ == 'module'\n"
-        "images = torch.zeros((4, 1, 28, 28), dtype=torch.uint8)\n"
-        "attack = build_attack('badnets', 10)\n"
-        "print(int(attack.apply_trigger(images).sum()), tuple(model(images.float()).shape))\n")
+        "from ptdefense.params import load_params, validate_params\n"
+        "validate_params({'attack': {'name': 'wanet', 'wanet': {'k': 8}}, 'model': {'name': 'vgg_small'}})\n"
+        "print(sorted(name for name in ('torch', 'torchvision', 'numpy', 'mlflow') if name in sys.modules))\n")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [str(4 * 9 * 255), "(4,", "10)"]
+    assert result.stdout.strip() == "[]"
 
 
-def test_torch_submodules_import_once_after_params():
-    """The stand-in leaves sys.modules with the params import, so `import torch.nn.functional` later
-    takes the normal path (through the stand-in, torch/nn/__init__.py would run a second time)."""
-    result = run_python(
-        "import sys\n"
-        "import ptdefense.params\n"
-        "from ptdefense.attacks import badnets\n"
-        "assert 'torch' not in sys.modules, type(sys.modules.get('torch'))\n"
-        "import torch.nn.functional as F\n"
-        "import torch\n"
-        "assert sys.modules['torch.nn'] is torch.nn and F is torch.nn.functional\n"
-        "assert badnets.torch.nn is torch.nn and badnets.torch.Tensor is torch.Tensor\n"
-        "print('ok')\n")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+def test_attack_settings_table_matches_the_registered_attacks():
+    from ptdefense.attacks.base import _REGISTRY
+    from ptdefense.attacks.registry import attack_class
+    from ptdefense.attacks.settings import ATTACK_SETTINGS
+
+    assert set(_REGISTRY) == set(ATTACK_SETTINGS)
+    for name, settings in ATTACK_SETTINGS.items():
+        assert attack_class(name).Settings is settings
 
 
-def test_final_evaluation_reuses_the_last_epochs(tmp_path, monkeypatch):
-    from ptdefense import pipeline
+def test_final_evaluation_reuses_the_last_epochs(monkeypatch):
+    from ptdefense import scoring
 
     clean, triggered = random_set(40, seed=1), random_set(30, seed=2)
-    clean.save(tmp_path / "clean.npz")
-    triggered.save(tmp_path / "triggered.npz", attack_targets=np.zeros(30, dtype=np.int64))
-    monkeypatch.setattr(pipeline, "TEST_CLEAN", tmp_path / "clean.npz")
-    monkeypatch.setattr(pipeline, "TEST_TRIGGERED", tmp_path / "triggered.npz")
+    tests = scoring.TestSets(clean, triggered, torch.zeros(30, dtype=torch.int64))
     predictions = [0]
-    real_predict = training.predict
+    real_predict = scoring.predict
 
     def counting_predict(*args, **kwargs):
         predictions[0] += 1
         return real_predict(*args, **kwargs)
 
-    monkeypatch.setattr(training, "predict", counting_predict)
+    monkeypatch.setattr(scoring, "predict", counting_predict)
     model = partial_model(0, clean)
-    evaluate = pipeline._test_evaluator(model, CPU)
+    evaluate = scoring.test_set_scorer(model, CPU, tests)
     first = evaluate()
+    assert set(first) == {"clean_accuracy", "attack_success_rate"}
     assert predictions[0] == 2 and evaluate() == first and predictions[0] == 2  # weights unchanged: reused
     fit(model, random_set(64), FitConfig(epochs=1, batch_size=32, lr=0.5, precision="fp32"), CPU, seed=0)
     evaluate()
@@ -181,7 +164,7 @@ def test_final_evaluation_reuses_the_last_epochs(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["resnet_small", "vgg_small"])
 def test_one_pass_logits_and_features_match_two_passes(name):
     from ptdefense.defenses.isolation import logits_and_features
-    from ptdefense.models import build_model
+    from ptdefense.models.registry import build_model
     from ptdefense.training import predict_logits
 
     data = random_set(300)
@@ -200,7 +183,7 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     """Scoring only the suspicious classes in each round, and the rest once, gives the isolated set
     and scores that scoring every sample with each round's model (the slow path) gives."""
     import ptdefense.defenses.isolation as isolation
-    from ptdefense.models import build_model
+    from ptdefense.models.registry import build_model
     from ptdefense.training import predict_logits
 
     generator = torch.Generator().manual_seed(3)

@@ -1,4 +1,5 @@
-"""The evaluate stage: every method side by side, scored against the true poison indices.
+"""The comparison that the evaluate stage writes: every method side by side, scored against the true
+poison indices.
 
 Methods (rows of the comparison): no defense (the backdoored model), ABL, PT, and the clean
 reference (the same model trained on the truly clean samples: a bound, not a defense). All four
@@ -8,40 +9,17 @@ true poison indices besides the clean reference.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 
-from ptdefense.artifacts import read_json, write_json, write_text
-from ptdefense.data.dataset import ImageSet, load_npz
-from ptdefense.metrics import (attack_success_rate, clean_accuracy, defense_effectiveness_rating,
-                               isolation_metrics, robust_accuracy)
-from ptdefense.models.io import load_model, skipped_reason
+from ptdefense.metrics import defense_effectiveness_rating, isolation_metrics
 from ptdefense.params import Params
-from ptdefense.plots import plot_isolation_sweep, plot_loss_histograms, plot_method_scores
-from ptdefense.tracking import flatten
-from ptdefense.training import per_sample_loss, predict
-from ptdefense import pipeline as paths
-from ptdefense.pipeline import dataset_info
 
 METHOD_TITLES = {"no_defense": "no defense", "abl": "ABL", "pt": "PT", "clean_reference": "clean reference (bound)"}
 ISOLATION_KEYS = ("isolation_precision", "isolation_recall", "isolation_false_positive_rate", "isolation_f1",
                   "isolated_count", "isolated_per_class")
 SWEEP_RATIOS = (0.005, *[step / 100 for step in range(1, 31)])
-
-
-def model_metrics(model, clean: ImageSet, triggered: ImageSet, attack_targets: torch.Tensor, device) -> dict:
-    if not len(triggered):  # attack.name none: no trigger is known, so nothing measures the backdoor
-        return {"clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels),
-                "attack_success_rate": None, "robust_accuracy": None}
-    triggered_predictions = predict(model, triggered.images, device)
-    return {
-        "clean_accuracy": clean_accuracy(predict(model, clean.images, device), clean.labels),
-        "attack_success_rate": attack_success_rate(triggered_predictions, attack_targets),
-        "robust_accuracy": robust_accuracy(triggered_predictions, triggered.labels),
-    }
 
 
 def compute_spent(*stage_metrics: dict) -> dict:
@@ -112,89 +90,56 @@ def isolation_sweep(rankings: dict[str, torch.Tensor], is_poison: torch.Tensor,
     return rows
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+def isolation_scores(isolated: torch.Tensor, truth: torch.Tensor, truth_known: bool, labels: torch.Tensor,
+                     num_classes: int) -> dict:
+    """Precision, recall, FPR and F1 of an isolated set against the true poison (None when no poison is
+    known), its size, and its count per label."""
+    measured = isolation_metrics(isolated, truth, labels.numel())
+    if not truth_known:
+        measured = {key: (value if key == "isolated_count" else None) for key, value in measured.items()}
+    measured["isolated_per_class"] = {str(c): int(n) for c, n in
+                                      enumerate(torch.bincount(labels[isolated], minlength=num_classes).tolist())}
+    return measured
 
 
-def evaluate_pipeline(params: Params, device: torch.device) -> tuple[dict, list[Path]]:
-    train = ImageSet.load(paths.TRAIN_SET)
-    clean = ImageSet.load(paths.TEST_CLEAN)
-    triggered_arrays = load_npz(paths.TEST_TRIGGERED, "poison-data", ("images", "labels", "attack_targets"))
-    triggered = ImageSet(torch.from_numpy(triggered_arrays["images"]), torch.from_numpy(triggered_arrays["labels"]))
-    attack_targets = torch.from_numpy(triggered_arrays["attack_targets"])
-    truth_arrays = load_npz(paths.TRUTH, "poison-data", ("poison_indices",))
-    truth = torch.from_numpy(truth_arrays["poison_indices"]).long()
-    # A scan (attack.name none) without data.poison_indices knows no poison: no isolation precision.
-    truth_known = bool(truth_arrays.get("known", True))
-    # An empty list is knowledge too (isolation precision is defined), but no ranking can find poison
-    # that is not there: the sweep's recall is undefined.
-    sweep_defined = truth_known and truth.numel() > 0
-    pt_arrays = load_npz(paths.ISOLATED, "isolate", ("isolated_indices", "partial_losses", "suspicion_scores"))
-    abl_arrays = load_npz(paths.ABL_ISOLATION, "abl", ("isolated_indices", "isolation_losses"))
-    model_sources = {"no_defense": (paths.BACKDOORED_MODEL, "train-backdoored"), "abl": (paths.ABL_MODEL, "abl"),
-                     "pt": (paths.DEFENDED_MODEL, "finetune"),
-                     "clean_reference": (paths.CLEAN_REFERENCE_MODEL, "clean-reference")}
-    models = {method: load_model(directory, producer)[0] for method, (directory, producer) in model_sources.items()
-              if skipped_reason(directory) is None}
-    stage_metrics = {stage: read_json(paths.METRICS_DIR / f"{stage.replace('-', '_')}.json", stage)
-                     for stage in ("train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference")}
+def method_rows(table: dict[str, dict]) -> list[dict]:
+    """plots/methods.csv: each method's clean accuracy and attack success rate (blank when unknown)."""
+    return [{"method": METHOD_TITLES[method], "clean_accuracy": row["clean_accuracy"],
+             "attack_success_rate": "" if row["attack_success_rate"] is None else row["attack_success_rate"]}
+            for method, row in table.items()]
 
-    scores = {method: model_metrics(model, clean, triggered, attack_targets, device) for method, model in models.items()}
-    num_classes = dataset_info()["num_classes"]
-    isolated_sets = {"pt": torch.from_numpy(pt_arrays["isolated_indices"]).long(),
-                     "abl": torch.from_numpy(abl_arrays["isolated_indices"]).long()}
-    isolation = {}
-    for method, isolated in isolated_sets.items():
-        measured = isolation_metrics(isolated, truth, len(train))
-        if not truth_known:
-            measured = {key: (value if key == "isolated_count" else None) for key, value in measured.items()}
-        measured["isolated_per_class"] = {str(c): int(n) for c, n in
-                                          enumerate(torch.bincount(train.labels[isolated], minlength=num_classes).tolist())}
-        isolation[method] = measured
-    compute = {"no_defense": compute_spent(stage_metrics["train-backdoored"]),
-               "abl": compute_spent(stage_metrics["abl"]),
-               "pt": compute_spent(stage_metrics["partial-train"], stage_metrics["isolate"], stage_metrics["finetune"]),
-               "clean_reference": compute_spent(stage_metrics["clean-reference"])}
-    table = comparison_table(scores, isolation, compute)
-    metrics = {**table, "poison_count": int(truth.numel()) if truth_known else None}
-    metrics_path = paths.METRICS_DIR / "evaluate.json"
-    write_json(metrics_path, metrics)
 
-    is_poison = torch.zeros(len(train), dtype=torch.bool)
-    is_poison[truth] = True
-    partial_losses = torch.from_numpy(pt_arrays["partial_losses"])
-    full_losses = per_sample_loss(models["no_defense"], train, device)
-    abl_losses = torch.from_numpy(abl_arrays["isolation_losses"])
-    histogram = paths.PLOTS_DIR / "loss_histogram.png"
-    flagged = [int(label) for label in stage_metrics["isolate"].get("suspicious_classes") or []]
-    plot_loss_histograms([(f"PT partial training (freeze_layers={params.freeze_layers})", partial_losses),
-                          ("full training (backdoored model)", full_losses),
-                          (f"ABL isolation model ({params.abl.loss}, γ={params.abl.gamma:g})", abl_losses)],
-                         is_poison, histogram, focus=torch.isin(train.labels, torch.tensor(flagged, dtype=torch.int64)),
-                         focus_name=f"labels PT flagged: {flagged}")
-    sweep = isolation_sweep({"pt": torch.from_numpy(pt_arrays["suspicion_scores"]), "pt_partial_loss": -partial_losses,
-                             "full_training_loss": -full_losses, "abl": -abl_losses}, is_poison, known=sweep_defined)
-    sweep_csv, sweep_png = paths.PLOTS_DIR / "isolation_sweep.csv", paths.PLOTS_DIR / "isolation_sweep.png"
-    _write_csv(sweep_csv, sweep)
-    chosen = {"pt": (isolation["pt"]["isolated_count"] / len(train), isolation["pt"]),
-              "abl": (isolation["abl"]["isolated_count"] / len(train), isolation["abl"])}
-    plot_isolation_sweep(sweep, chosen, sweep_png)
-    method_rows = [{"method": METHOD_TITLES[m], "clean_accuracy": row["clean_accuracy"],
-                    "attack_success_rate": "" if row["attack_success_rate"] is None else row["attack_success_rate"]}
-                   for m, row in table.items()]
-    methods_csv, methods_png = paths.PLOTS_DIR / "methods.csv", paths.PLOTS_DIR / "methods.png"
-    _write_csv(methods_csv, method_rows)
-    plot_method_scores(method_rows, methods_png, f"{params.attack.name} on {params.data.name}")
-
+def comparison_title(params: Params) -> str:
     attacked = f"scan of {params.data.root}" if params.attack.name == "none" else params.attack.name
-    title = (f"Comparison: {attacked} on {params.data.name}, {params.model.name}, "
-             f"freeze_layers={params.freeze_layers}, isolation {params.isolation.method}")
-    report_text = comparison_markdown(table, title, metrics["poison_count"])
-    report = paths.REPORTS_DIR / "evaluate.md"
-    write_text(report, report_text)
-    print(report_text)
-    return flatten(metrics), [metrics_path, report, histogram, sweep_csv, sweep_png, methods_csv, methods_png]
+    return (f"Comparison: {attacked} on {params.data.name}, {params.model.name}, "
+            f"freeze_layers={params.freeze_layers}, isolation {params.isolation.method}")
+
+
+def write_figures(params: Params, labels: torch.Tensor, is_poison: torch.Tensor, sweep_defined: bool,
+                  losses: dict[str, torch.Tensor], pt_scores: torch.Tensor, flagged: list[int], table: dict,
+                  plots_dir: Path) -> list[Path]:
+    """The loss histograms, the isolation sweep and the per-method bars (PNG, and CSV for `dvc plots`).
+
+    `losses` holds each ranking's per-sample losses: partial (PT's partial model), full (the
+    backdoored model) and abl (ABL's isolation model)."""
+    from ptdefense.artifacts import write_csv
+    from ptdefense.plots import plot_isolation_sweep, plot_loss_histograms, plot_method_scores
+
+    histogram = plots_dir / "loss_histogram.png"
+    plot_loss_histograms([(f"PT partial training (freeze_layers={params.freeze_layers})", losses["partial"]),
+                          ("full training (backdoored model)", losses["full"]),
+                          (f"ABL isolation model ({params.abl.loss}, γ={params.abl.gamma:g})", losses["abl"])],
+                         is_poison, histogram, focus=torch.isin(labels, torch.tensor(flagged, dtype=torch.int64)),
+                         focus_name=f"labels PT flagged: {flagged}")
+    sweep = isolation_sweep({"pt": pt_scores, "pt_partial_loss": -losses["partial"],
+                             "full_training_loss": -losses["full"], "abl": -losses["abl"]}, is_poison,
+                            known=sweep_defined)
+    sweep_csv, sweep_png = plots_dir / "isolation_sweep.csv", plots_dir / "isolation_sweep.png"
+    write_csv(sweep_csv, sweep)
+    plot_isolation_sweep(sweep, {method: (table[method]["isolated_count"] / labels.numel(), table[method])
+                                 for method in ("pt", "abl")}, sweep_png)
+    rows = method_rows(table)
+    methods_csv, methods_png = plots_dir / "methods.csv", plots_dir / "methods.png"
+    write_csv(methods_csv, rows)
+    plot_method_scores(rows, methods_png, f"{params.attack.name} on {params.data.name}")
+    return [histogram, sweep_csv, sweep_png, methods_csv, methods_png]

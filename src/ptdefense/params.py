@@ -17,15 +17,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from ptdefense.lazy import deferred_imports
-from ptdefense.models.catalogue import model_names
+from ptdefense.attacks.settings import ATTACK_SETTINGS, attack_names, attack_settings
+from ptdefense.data.catalogue import DATASET_NAMES, dataset_num_classes
+from ptdefense.models.catalogue import model_names, num_blocks
 from ptdefense.schema import StrictSection
-
-# The attack modules (imported for their settings) use torch only inside their functions: defer it,
-# so that a bad params.yaml is reported in half a second instead of after torch has loaded.
-with deferred_imports("torch"):
-    from ptdefense.attacks import attack_class, attack_names
-    from ptdefense.data import dataset_num_classes
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 
@@ -44,9 +39,6 @@ def _registered(value: str, kind: str, names: list[str]) -> str:
     if value not in names:
         raise ValueError(f"unknown {kind} {value!r}; valid choices: {', '.join(names)}")
     return value
-
-
-_Section = StrictSection
 
 
 DATA_DIRECTORY = "data"
@@ -76,11 +68,11 @@ def _contained_path(value: str, directory: str | None) -> str:
     return value
 
 
-class DataParams(_Section):
+class DataParams(StrictSection):
     # fashion_mnist (offline default) | mnist | cifar10 | gtsrb: local copy in `root` first, then
     # torchvision's download. imagefolder: one subfolder per class (under train/ and test/, or at
     # the top with test_split). npz: `root` is an .npz file with x_train, y_train, x_test, y_test.
-    name: Literal["fashion_mnist", "mnist", "cifar10", "gtsrb", "imagefolder", "npz"] = "fashion_mnist"
+    name: str = "fashion_mnist"
     # Relative paths are resolved against the repository root (the real one, also under
     # `dvc exp run --temp/--queue`), absolute paths are taken as given.
     root: str = "data/raw"
@@ -98,6 +90,8 @@ class DataParams(_Section):
     # the truth file, which no defense reads: only evaluate and the clean reference do.
     poison_indices: str | None = None
 
+    _known_dataset = field_validator("name")(lambda value: _registered(value, "dataset", list(DATASET_NAMES)))
+
     @field_validator("root", "poison_indices")
     @classmethod
     def _inside_data_directory(cls, value: str | None) -> str | None:
@@ -111,7 +105,7 @@ class DataParams(_Section):
         return self
 
 
-class _AttackCommon(_Section):
+class _AttackCommon(StrictSection):
     name: str = "badnets"
     # Share of the whole training set that is poisoned; null = the attack's standard rate
     # (10% for dirty-label attacks, half of the target class for clean-label ones).
@@ -122,19 +116,18 @@ class _AttackCommon(_Section):
 
     def settings(self) -> StrictSection:
         """The chosen attack's own section (attack.<name>); an attack without knobs has none."""
-        return getattr(self, self.name, None) or attack_class(self.name).Settings()
+        return getattr(self, self.name, None) or attack_settings(self.name)()
 
 
 # One sub-section per registered attack, typed by the attack's own Settings: a new attack module
 # brings its params section with it.
 AttackParams = create_model(
     "AttackParams", __base__=_AttackCommon,
-    **{name: (attack_class(name).Settings, attack_class(name).Settings()) for name in attack_names()
-       if attack_class(name).Settings.model_fields},
+    **{name: (settings, settings()) for name, settings in ATTACK_SETTINGS.items() if settings.model_fields},
 )
 
 
-class ModelParams(_Section):
+class ModelParams(StrictSection):
     name: str = "resnet_small"
     # Channel width of the first stage; null = the model's own default (resnet_small 16, resnet18 and
     # preact_resnet18 64, vgg_small 32).
@@ -143,7 +136,7 @@ class ModelParams(_Section):
     _known_model = field_validator("name")(lambda value: _registered(value, "model", model_names()))
 
 
-class OptimiserParams(_Section):
+class OptimiserParams(StrictSection):
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
@@ -169,7 +162,7 @@ class PartialParams(OptimParams):
     frozen_bn: Literal["recalibrate", "initial"] = "recalibrate"
 
 
-class IsolationParams(_Section):
+class IsolationParams(StrictSection):
     # ratio: the lowest-loss `ratio` share, globally (naive PT).
     # quarantine: seed_ratio × N lowest-loss seeds in suspicious classes, then a quarantine class
     # learns the trigger from them and catches the poison the seeds missed (see defenses/isolation.py).
@@ -228,7 +221,7 @@ class AblParams(OptimiserParams):
     unlearn_lr: PositiveFloat = 5e-4
 
 
-class MlflowParams(_Section):
+class MlflowParams(StrictSection):
     enabled: bool = True
     # null = $MLFLOW_TRACKING_URI, else sqlite:///<repo root>/mlflow.db
     tracking_uri: str | None = None
@@ -244,7 +237,7 @@ class MlflowParams(_Section):
         return value
 
 
-class Params(_Section):
+class Params(StrictSection):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     freeze_layers: Annotated[int, Field(ge=0, le=64)] = 3
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -260,8 +253,6 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
-        from ptdefense.models.catalogue import num_blocks
-
         num_classes = dataset_num_classes(self.data.name)  # None: known once the files are read
         if self.attack.name == "none" and self.attack.poison_rate is not None:
             raise ValueError("attack.poison_rate has no meaning with attack.name none (nothing is poisoned); "

@@ -10,14 +10,12 @@ Two pieces live here:
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from pathlib import Path
 
 import torch
 
-from ptdefense.artifacts import write_text
+from ptdefense.artifacts import write_csv
 from ptdefense.params import ParamsError
 
 
@@ -82,8 +80,27 @@ def suspects_rows(isolated: torch.Tensor, scores: torch.Tensor, losses: torch.Te
 
 
 def write_suspects_report(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUSPECT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    write_csv(path, rows, SUSPECT_COLUMNS)
+
+
+def plot_suspects(images: torch.Tensor, rows: list[dict], path: Path, shown: int = 40) -> None:
+    """The `shown` most suspicious isolated images, each titled with its rank, file (or index), class
+    and partial-model loss."""
+    from ptdefense.plots import plot_image_grid
+
+    top = rows[:shown]
+    plot_image_grid(images[[row["index"] for row in top]],
+                    [f"#{row['rank']} {row['source'].rsplit('/', 1)[-1] or 'index ' + str(row['index'])}\n"
+                     f"{row['class_name']}, loss {float(row['partial_loss']):.2g}" for row in top],
+                    path, f"top {len(top)} of {len(rows)} isolated samples, most suspicious first")
+
+
+def plot_scanned_examples(train, known_poison: torch.Tensor | None, path: Path) -> None:
+    """poison-data's example grid for a scan (attack.name none): the known poison, else the first samples."""
+    from ptdefense.plots import plot_image_grid
+
+    listed = known_poison is not None and known_poison.numel() > 0
+    shown = (known_poison if listed else torch.arange(len(train)))[:12]
+    plot_image_grid(train.images[shown], [f"#{int(i)} label {int(train.labels[i])}" for i in shown], path,
+                    "known poisoned samples (data.poison_indices)" if listed
+                    else "training samples, scanned as they are")

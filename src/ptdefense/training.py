@@ -110,16 +110,12 @@ def fit(
     suppress_weight: float = 1.0,
     on_epoch_end: EpochCallback | None = None,
     description: str = "train",
-    sample_losses: torch.Tensor | None = None,
     objective: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Train the trainable parameters of `model` with SGD + one-cycle schedule; return epoch stats.
 
     `objective` maps the batch's mean cross-entropy to the loss that is minimised (default: itself).
     ABL passes its flooding/LGA loss here, and its unlearning passes −cross-entropy.
-
-    If `sample_losses` (float32, epochs × N) is given, each sample's training loss in each epoch
-    is written into it: a loss trajectory for free, since the forward pass computes it anyway.
     """
     suppress_size = max(1, round(config.batch_size * len(suppress) / len(train))) if suppress is not None and len(suppress) else 0
     remainder = len(train) % config.batch_size
@@ -139,7 +135,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     checkpoint, start_epoch = _resume(model, train, config, seed, description, suppress, suppress_weight,
-                                      sample_losses, optimizer, scheduler, generator, history)
+                                      optimizer, scheduler, generator, history)
     # Partial training: the frozen prefix maps each image to the same features in every epoch, so they
     # are computed once (suppression, used only with nothing frozen, keeps the plain path). It pays
     # from two epochs on (building the cache costs about one epoch of the prefix's forward passes).
@@ -169,8 +165,8 @@ def fit(
                 else:
                     all_logits = model(to_input(images, device).contiguous(memory_format=memory_format))
                 logits = all_logits[: len(index)]
-                losses = F.cross_entropy(logits.float(), labels, reduction="none")
-                loss = losses.mean()
+                # Per-sample losses, then their mean: the reduction the committed results were trained with.
+                loss = F.cross_entropy(logits.float(), labels, reduction="none").mean()
                 total = objective(loss) if objective is not None else loss
                 if chosen is not None:
                     suppressed = suppression_loss(all_logits[len(index):], suppress.labels[chosen].to(device))
@@ -180,8 +176,6 @@ def fit(
             total.backward()
             optimizer.step()
             scheduler.step()
-            if sample_losses is not None:
-                sample_losses[epoch, index] = losses.detach().cpu()
             loss_sum += float(loss.detach()) * len(index)
             correct += int((logits.argmax(1) == labels).sum())
             seen += len(index)
@@ -199,7 +193,6 @@ def fit(
                 "fingerprint": checkpoint[1], "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "sample_losses": sample_losses,
             })
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
@@ -243,7 +236,7 @@ def frozen_feature_cache(model: nn.Module, images: torch.Tensor, precision: str,
     return cache
 
 
-def _resume(model, train, config, seed, description, suppress, suppress_weight, sample_losses, optimizer,
+def _resume(model, train, config, seed, description, suppress, suppress_weight, optimizer,
             scheduler, generator, history) -> tuple[tuple[Path, str] | None, int]:
     """Inside a `checkpointing` scope: this fit's checkpoint slot and fingerprint, and the epoch to
     start from (restoring every piece of training state from a matching checkpoint)."""
@@ -254,7 +247,7 @@ def _resume(model, train, config, seed, description, suppress, suppress_weight, 
     key = fingerprint(scope, description, config, seed,
                       [train.images, train.labels, None if suppress is None else suppress.images,
                        None if suppress is None else suppress.labels], model,
-                      extra=f"suppress_weight={suppress_weight}|sample_losses={sample_losses is not None}")
+                      extra=f"suppress_weight={suppress_weight}")
     state = load_checkpoint(path, key)
     if state is None:
         return (path, key), 0
@@ -264,16 +257,13 @@ def _resume(model, train, config, seed, description, suppress, suppress_weight, 
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     history.extend(state["history"])
-    if sample_losses is not None:
-        sample_losses.copy_(state["sample_losses"])
     scope.resumed.append(f"{description} after epoch {state['epoch']}/{config.epochs}")
     print(f"resuming {description} after epoch {state['epoch']}/{config.epochs} from {path}", file=sys.stderr)
     return (path, key), int(state["epoch"])
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
-                   batch_size: int = INFERENCE_BATCH_SIZE,
-                   precision: str = "fp32", description: str = "predict") -> torch.Tensor:
+                   batch_size: int = INFERENCE_BATCH_SIZE, description: str = "predict") -> torch.Tensor:
     # Outside inference_mode: a layout change made inside it would turn the parameters into
     # inference tensors, which a later fit cannot train (found when evaluating before training).
     model.to(device=device, memory_format=torch.channels_last).eval()
@@ -281,8 +271,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, device: torch.device,
     with torch.inference_mode():
         for start in tqdm(range(0, images.shape[0], batch_size), desc=description, leave=False, mininterval=2.0,
                           disable=None):
-            with _autocast(device, precision):
-                outputs.append(model(to_input(images[start:start + batch_size], device)).float().cpu())
+            outputs.append(model(to_input(images[start:start + batch_size], device)).float().cpu())
     if not outputs:
         return torch.empty(0)
     return torch.cat(outputs)

@@ -3,18 +3,10 @@ all-to-all variant (label y → (y + 1) mod K)."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 
 from ptdefense.attacks.base import Attack, check_size, register_attack
-from ptdefense.schema import StrictSection
-
-
-class PatchSettings(StrictSection):
-    patch_size: Annotated[int, Field(ge=1, le=64)] = 3
-    patch_value: Annotated[int, Field(ge=0, le=255)] = 255
+from ptdefense.attacks.settings import PatchSettings
 
 
 def stamp_corner_patch(images: torch.Tensor, patch_size: int, patch_value: int) -> torch.Tensor:

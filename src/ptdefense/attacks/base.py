@@ -2,18 +2,20 @@
 
 An attack is one module with one class: its `Settings` (a strict pydantic model, which becomes the
 `attack.<name>` section of params.yaml), a pure trigger on uint8 batches, a choice of victims and
-a relabelling. Registering the class is all it takes for params.yaml and the pipeline to accept it.
+a relabelling. Its settings live in settings.py, so that params validation needs no torch; registry.py
+imports every attack module and checks the two agree.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ptdefense.data.dataset import ImageSet
+from ptdefense.attacks.settings import NoSettings
 from ptdefense.schema import StrictSection
 
 _REGISTRY: dict[str, type["Attack"]] = {}
@@ -24,25 +26,6 @@ def register_attack(cls: type["Attack"]) -> type["Attack"]:
         raise ValueError(f"attack {cls.name!r} is registered twice")
     _REGISTRY[cls.name] = cls
     return cls
-
-
-def attack_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def attack_class(name: str) -> type["Attack"]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown attack {name!r}; valid choices: {', '.join(attack_names())}") from None
-
-
-def build_attack(name: str, num_classes: int, poison_rate: float | None = None, target_label: int = 0,
-                 seed: int = 0, settings: StrictSection | dict[str, Any] | None = None) -> "Attack":
-    cls = attack_class(name)
-    if isinstance(settings, dict):
-        settings = cls.Settings(**settings)
-    return cls(num_classes, poison_rate, target_label, seed, settings)
 
 
 @dataclass(frozen=True)
@@ -67,8 +50,7 @@ class Attack(ABC):
     # Clean-label attacks poison only target-class images and never change a label.
     clean_label: ClassVar[bool] = False
 
-    class Settings(StrictSection):
-        """The attack's own knobs: the `attack.<name>` section of params.yaml."""
+    Settings: ClassVar[type[StrictSection]] = NoSettings  # the `attack.<name>` section (attacks/settings.py)
 
     def __init__(self, num_classes: int, poison_rate: float | None, target_label: int, seed: int = 0,
                  settings: StrictSection | None = None) -> None:

@@ -6,17 +6,10 @@ uniform noise drawn once from the attack's seed (the same pattern for training a
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 
 from ptdefense.attacks.base import Attack, blend_uint8, register_attack
-from ptdefense.schema import StrictSection
-
-
-class BlendSettings(StrictSection):
-    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+from ptdefense.attacks.settings import BlendSettings
 
 
 @register_attack

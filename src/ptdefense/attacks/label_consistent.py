@@ -10,31 +10,10 @@ test-time trigger is the checkerboards alone.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field, field_validator
 
 from ptdefense.attacks.base import Attack, check_size, register_attack
-from ptdefense.schema import StrictSection
-
-
-class LabelConsistentSettings(StrictSection):
-    epsilon: Annotated[float, Field(gt=0.0, le=255.0)] = 16.0  # L∞ budget, in pixel units (16/255)
-    pgd_steps: Annotated[int, Field(ge=1, le=1000)] = 10
-    step_size: Annotated[float, Field(gt=0.0, le=255.0)] = 4.0  # pixel units per step
-    surrogate_model: str = "resnet_small"
-    surrogate_epochs: Annotated[int, Field(ge=1, le=1000)] = 2
-    patch_size: Annotated[int, Field(ge=2, le=32)] = 3  # side of each corner checkerboard
-
-    @field_validator("surrogate_model")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        from ptdefense.models import model_names
-
-        if value not in model_names():
-            raise ValueError(f"unknown model {value!r}; valid choices: {', '.join(model_names())}")
-        return value
+from ptdefense.attacks.settings import LabelConsistentSettings
 
 
 @register_attack
@@ -57,7 +36,7 @@ class LabelConsistent(Attack):
         return triggered
 
     def train_surrogate(self, train, device: torch.device) -> torch.nn.Module:
-        from ptdefense.models import build_model
+        from ptdefense.models.registry import build_model
         from ptdefense.training import FitConfig, fit
 
         torch.manual_seed(self.seed + 7)

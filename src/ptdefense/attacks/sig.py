@@ -6,18 +6,11 @@ x' = clip(x + Δ·sin(2π·j·f / m)), with j the column and m the image width; 
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
 import torch
-from pydantic import Field
 
 from ptdefense.attacks.base import Attack, register_attack
-from ptdefense.schema import StrictSection
-
-
-class SigSettings(StrictSection):
-    delta: Annotated[float, Field(gt=0.0, le=255.0)] = 20.0
-    frequency: Annotated[float, Field(gt=0.0, le=64.0)] = 6.0
+from ptdefense.attacks.settings import SigSettings
 
 
 @register_attack

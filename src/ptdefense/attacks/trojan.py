@@ -6,18 +6,10 @@ seeded random grey levels (a 5 × 5 box with its corners cut off) in the bottom-
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 
 from ptdefense.attacks.base import Attack, check_size, register_attack
-from ptdefense.schema import StrictSection
-
-
-class TrojanSettings(StrictSection):
-    size: Annotated[int, Field(ge=3, le=64)] = 5
-    margin: Annotated[int, Field(ge=0, le=64)] = 1  # pixels between the pattern and the image border
+from ptdefense.attacks.settings import TrojanSettings
 
 
 @register_attack

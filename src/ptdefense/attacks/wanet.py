@@ -8,21 +8,11 @@ and not "any warp".
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from pydantic import Field
 
 from ptdefense.attacks.base import Attack, PoisonedTrainSet, register_attack
 from ptdefense.data.dataset import ImageSet
-from ptdefense.schema import StrictSection
-
-
-class WanetSettings(StrictSection):
-    k: Annotated[int, Field(ge=2, le=64)] = 4  # control-grid size of the warping field
-    s: Annotated[float, Field(gt=0.0, le=100.0)] = 0.5  # warp strength
-    grid_rescale: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    cross_ratio: Annotated[float, Field(ge=0.0, le=10.0)] = 2.0  # noise-mode samples per poisoned one
+from ptdefense.attacks.settings import WanetSettings
 
 
 @register_attack

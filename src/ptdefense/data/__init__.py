@@ -1,23 +1,11 @@
-"""Datasets held in memory as uint8 tensors (N, C, H, W) with int64 labels."""
+"""Datasets held in memory as uint8 tensors (N, C, H, W) with int64 labels.
 
-from ptdefense.data.dataset import ImageSet
-from ptdefense.data.loaders import (
-    DATASET_NAMES,
-    DatasetError,
-    DatasetInvalid,
-    DatasetUnavailable,
-    LoadedDataset,
-    dataset_num_classes,
-    load_dataset,
-)
+The modules, imported where needed (this package imports nothing, so that the params schema can
+read the catalogue without loading torch):
 
-__all__ = [
-    "ImageSet",
-    "DATASET_NAMES",
-    "DatasetError",
-    "DatasetInvalid",
-    "DatasetUnavailable",
-    "LoadedDataset",
-    "dataset_num_classes",
-    "load_dataset",
-]
+- dataset: ImageSet, an in-memory image set, and its safe .npz form.
+- catalogue: the dataset names, their class counts and class names (no torch, no numpy).
+- errors: DatasetError, DatasetUnavailable, DatasetInvalid (no torch, no numpy).
+- loading: load_dataset and LoadedDataset, and the helpers the formats share.
+- formats: one module per on-disk format (idx, cifar10, gtsrb, imagefolder, npz).
+"""

@@ -20,7 +20,7 @@ import torch
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.isolation import isolate_lowest_loss
-from ptdefense.models import BlockNet
+from ptdefense.models.blocknet import BlockNet
 from ptdefense.training import EpochCallback, FitConfig, fit, per_sample_loss
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.models import BlockNet, build_model
+from ptdefense.models.blocknet import BlockNet
+from ptdefense.models.registry import build_model
 from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, fit, predict_logits, to_input
 
 
@@ -53,12 +54,6 @@ def logits_and_features(model: BlockNet, images: torch.Tensor, device: torch.dev
     if not logits:
         return torch.empty(0), torch.empty(0)
     return torch.cat(logits), torch.cat(pooled)
-
-
-def pooled_features(model: BlockNet, images: torch.Tensor, device: torch.device,
-                    batch_size: int = INFERENCE_BATCH_SIZE) -> torch.Tensor:
-    """Penultimate features: the output of every block but the head, average-pooled (fp32, on CPU)."""
-    return logits_and_features(model, images, device, batch_size)[1]
 
 
 def spectral_ratio(features: torch.Tensor) -> float:
@@ -296,23 +291,17 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
 
 def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.Tensor, result: Isolation) -> None:
     """losses.csv (one row per sample, most suspicious first) and isolated.npz (the indices)."""
-    import csv
-    import io
-
     import numpy as np
 
-    from ptdefense.artifacts import atomic_path, write_text
+    from ptdefense.artifacts import write_csv, write_npz
 
     isolated_mask = torch.zeros(labels.numel(), dtype=torch.bool)
     isolated_mask[result.isolated] = True
     order = torch.sort(-result.scores, stable=True).indices
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rank", "index", "label", "partial_loss", "suspicion_score", "isolated"])
-    for rank, index in enumerate(order.tolist(), start=1):
-        writer.writerow([rank, index, int(labels[index]), f"{float(losses[index]):.6g}",
-                         f"{float(result.scores[index]):.6g}", int(isolated_mask[index])])
-    write_text(csv_path, buffer.getvalue())
-    with atomic_path(indices_path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, isolated_indices=result.isolated.numpy().astype(np.int64),
-                 partial_losses=losses.numpy().astype(np.float32), suspicion_scores=result.scores.numpy().astype(np.float32))
+    write_csv(csv_path, [{"rank": rank, "index": index, "label": int(labels[index]),
+                          "partial_loss": f"{float(losses[index]):.6g}",
+                          "suspicion_score": f"{float(result.scores[index]):.6g}",
+                          "isolated": int(isolated_mask[index])}
+                         for rank, index in enumerate(order.tolist(), start=1)])
+    write_npz(indices_path, isolated_indices=result.isolated.numpy().astype(np.int64),
+              partial_losses=losses.numpy().astype(np.float32), suspicion_scores=result.scores.numpy().astype(np.float32))

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.models import BlockNet, build_model
+from ptdefense.models.blocknet import BlockNet
+from ptdefense.models.registry import build_model
 from ptdefense.training import EpochCallback, FitConfig, fit, to_input
 
 

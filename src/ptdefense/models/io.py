@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from ptdefense.artifacts import ArtifactError, remove_orphans, temp_prefix
 from ptdefense.models.blocknet import BlockNet
-from ptdefense.models.registry import build_model
+from ptdefense.models.registry import build_from_spec
 
 # safetensors raises its own error type for a corrupt file (named differently across versions).
 _SAFETENSORS_ERROR = getattr(safetensors, "SafetensorError", OSError)
@@ -69,7 +69,7 @@ def load_model(directory: str | Path, producer: str) -> tuple[BlockNet, dict]:
                             f"`{producer}` stage; run `dvc repro {producer}`")
     try:
         spec = json.loads(spec_path.read_text())
-        model = build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec.get("width"))
+        model = build_from_spec(spec)
         state = load_file(weights_path)
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, _SAFETENSORS_ERROR, json.JSONDecodeError) as error:

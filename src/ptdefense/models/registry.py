@@ -146,3 +146,8 @@ def build_model(name: str, in_channels: int, num_classes: int, width: int | None
     except KeyError:
         raise ValueError(f"unknown model {name!r}; valid choices: {', '.join(model_names())}") from None
     return builder(in_channels, num_classes) if width is None else builder(in_channels, num_classes, width=width)
+
+
+def build_from_spec(spec: dict) -> BlockNet:
+    """A fresh model as a stage's model spec describes it (architecture, in_channels, num_classes, width)."""
+    return build_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec.get("width"))
