@@ -16,19 +16,15 @@ SKIPPED = ("no training sample is known to be poisoned (attack.name none, and da
 
 
 def clean_reference(params: Params) -> None:
-    import time
-
     import torch
 
     from ptdefense.artifacts import write_json
     from ptdefense.data.dataset import ImageSet, dataset_info, load_npz
     from ptdefense.models.io import save_model, save_skipped
-    from ptdefense.models.registry import build_from_spec
     from ptdefense.paths import CLEAN_REFERENCE_MODEL, TRAIN_SET, TRUTH, stage_metrics
-    from ptdefense.scoring import test_set_scorer
-    from ptdefense.stage import epoch_logger, finish, logged_params, model_spec, not_per_epoch, setup
+    from ptdefense.stage import finish, logged_params, model_spec, setup
     from ptdefense.tracking import StageRun
-    from ptdefense.training import FitConfig, fit
+    from ptdefense.victim import train_victim
 
     device = setup(params)
     train = ImageSet.load(TRAIN_SET)
@@ -43,17 +39,10 @@ def clean_reference(params: Params) -> None:
             write_json(stage_metrics("clean-reference"), {"skipped": SKIPPED, "wall_seconds": 0.0, "sample_epochs": 0})
             print(f"clean reference skipped: {SKIPPED}", file=sys.stderr)
             return
-        torch.manual_seed(params.seed)
-        model = build_from_spec(spec)
-        config = FitConfig(**params.train.model_dump())
-        scores = test_set_scorer(model, device)
-        started = time.perf_counter()
-        history = fit(model, untouched, config, device, params.seed, on_epoch_end=epoch_logger(run, "", scores),
-                      description="clean reference")
+        model, final, unlogged = train_victim(params, spec, untouched, device, run, "clean reference")
         save_model(model, CLEAN_REFERENCE_MODEL, {**spec, "freeze_layers": 0, "stage": "clean-reference"})
-        final = {**history[-1], **scores(), "clean_train_count": len(untouched),
-                 "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(untouched)}
-        finish(run, stage_metrics("clean-reference"), final, not_per_epoch(final, history, evaluated=True),
+        final["clean_train_count"] = len(untouched)
+        finish(run, stage_metrics("clean-reference"), final, {**unlogged, "clean_train_count": len(untouched)},
                [CLEAN_REFERENCE_MODEL])
 
 

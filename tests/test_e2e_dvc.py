@@ -108,6 +108,34 @@ def test_status_is_clean_and_metrics_show(workspace, reproduced):
     assert "metrics/evaluate.json" in shown.stdout and "pt.attack_success_rate" in shown.stdout
 
 
+@pytest.mark.parametrize("script, expected", [
+    ("stages/finetune.py", {"finetune", "evaluate"}),
+    ("stages/partial_train.py", {"partial-train", "isolate", "finetune", "evaluate"}),
+    ("src/ptdefense/evaluation.py", {"evaluate"}),
+    ("src/ptdefense/scoring.py", {"train-backdoored", "finetune", "abl", "clean-reference", "evaluate"}),
+])
+def test_an_edit_marks_only_the_stages_that_import_it_and_their_descendants(workspace, reproduced, script,
+                                                                             expected):
+    """dvc.yaml's exact deps: an edit to one stage's code re-runs that stage and what depends on its
+    outputs, nothing upstream (before the split, every stage listed pipeline.py: any edit re-ran all)."""
+    path = workspace / script
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        status = json.loads(run(["dvc", "status", "--json"], workspace).stdout)
+        changed = {name for name, entries in status.items()
+                   if any("changed deps" in entry for entry in entries if isinstance(entry, dict))}
+        # A stage downstream of a changed one is stale too, but dvc status names only the direct ones;
+        # `dvc repro --dry` lists every stage that would run.
+        dry = run(["dvc", "repro", "--dry"], workspace).stdout
+        would_run = {stage for stage in STAGES if f"Running stage '{stage}'" in dry}
+    finally:
+        path.write_text(original)
+    assert changed <= expected and changed, (changed, expected)
+    assert would_run == expected, would_run
+    assert "up to date" in run(["dvc", "status"], workspace).stdout
+
+
 def test_shared_remote_lets_a_fresh_clone_pull_instead_of_training(workspace, reproduced, tmp_path):
     """A team's setup: results pushed to a DVC remote (a local directory here, the same commands
     for S3 or SSH); a teammate's fresh clone pulls them and `dvc repro` has nothing to do."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dvc_workspace import copy_repo, run
+from dvc_workspace import FP32, copy_repo, merge, run
 from ptdefense.attacks.registry import build_attack
 from ptdefense.data.errors import DatasetUnavailable
 from ptdefense.data.loading import load_dataset
@@ -24,7 +24,7 @@ from ptdefense.data.loading import load_dataset
 pytestmark = pytest.mark.e2e
 
 TRAIN_COUNT, TEST_COUNT, POISON_RATE = 10_000, 1_000, 0.1
-SCAN = {
+SCAN = merge(FP32, {
     "attack": {"name": "none"},
     "train": {"epochs": 2},
     "partial": {"epochs": 6},
@@ -32,7 +32,7 @@ SCAN = {
     "isolation": {"method": "quarantine", "quarantine_epochs": 6, "quarantine_rounds": 1, "quarantine_threshold": 0.3},
     "finetune": {"epochs": 2},
     "abl": {"isolation_epochs": 1, "retrain_epochs": 1, "unlearn_epochs": 1},
-}
+})
 
 
 def _save_png(image: torch.Tensor, path: Path) -> None:

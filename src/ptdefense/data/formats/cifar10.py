@@ -60,7 +60,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise _RefusedGlobal(f"persistent id {pid!r}")
 
 
-def _safe_unpickle(path: Path, what: str, fix: str):
+def safe_unpickle(path: Path, what: str, fix: str):
     try:
         with open(path, "rb") as handle:
             return _ArrayUnpickler(handle, encoding="bytes").load()
@@ -87,7 +87,7 @@ def _str_keys(obj, path: Path, what: str, fix: str) -> dict:
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     fix = "replace it with the file from cifar-10-python.tar.gz"
-    entries = _str_keys(_safe_unpickle(path, "CIFAR-10 batch", fix), path, "CIFAR-10 batch", fix)
+    entries = _str_keys(safe_unpickle(path, "CIFAR-10 batch", fix), path, "CIFAR-10 batch", fix)
     missing = [key for key in ("data", "labels") if key not in entries]
     if missing:
         raise DatasetInvalid(f"{path}: lacks the key(s) {missing} (has {sorted(entries)}); {fix}")
@@ -110,7 +110,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_cifar_meta(path: Path) -> list[str]:
     fix = "replace it with the file from cifar-10-python.tar.gz, or delete it (class names become 0..9)"
-    entries = _str_keys(_safe_unpickle(path, "CIFAR-10 batches.meta", fix), path, "CIFAR-10 batches.meta", fix)
+    entries = _str_keys(safe_unpickle(path, "CIFAR-10 batches.meta", fix), path, "CIFAR-10 batches.meta", fix)
     names = entries.get("label_names")
     if not isinstance(names, (list, tuple)) or len(names) != 10 or not all(isinstance(n, (bytes, str)) for n in names):
         raise DatasetInvalid(f"{path}: label_names must be a list of 10 names; {fix}")
