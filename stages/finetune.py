@@ -45,7 +45,7 @@ def finetune(params: Params) -> None:
         save_model(model, DEFENDED_MODEL,
                    {**spec, "freeze_layers": 0, "stage": "finetune", "init": params.finetune.init})
         final = {**history[-1], "retained_count": len(retained), "isolated_count": len(suspects),
-                 "wall_seconds": time.perf_counter() - started, "sample_epochs": config.epochs * len(retained)}
+                 "wall_seconds": time.perf_counter() - started, "sample_epochs": len(history) * len(retained)}
         finish(run, stage_metrics("finetune"), final, not_per_epoch(final, history, evaluated=True),
                [DEFENDED_MODEL])
 

@@ -39,11 +39,11 @@ def isolate(params: Params) -> None:
         write_suspects_report(SUSPECTS_REPORT, suspects)
         plot_suspects(train.images, suspects, SUSPECTS_GRID)
         isolated_per_class = torch.bincount(train.labels[result.isolated], minlength=info["num_classes"])
+        # the quarantine models' sample-epochs (all rounds, scaled epochs included): the stage's compute
+        quarantine_sample_epochs = result.details.pop("quarantine_sample_epochs", 0)
         summary = {**result.details, "isolated_count": int(result.isolated.numel()),
                    "isolated_per_class": {str(c): int(n) for c, n in enumerate(isolated_per_class.tolist())},
-                   # quarantine_training_count is summed over the rounds
-                   "sample_epochs": result.details.get("quarantine_training_count", 0)
-                   * params.isolation.quarantine_epochs,
+                   "sample_epochs": quarantine_sample_epochs,
                    "isolated_share": result.isolated.numel() / len(train),
                    "wall_seconds": time.perf_counter() - started}
         # flatten: isolated_per_class.<label>, diversity_gap.<label>, … as MLflow metrics

@@ -40,7 +40,7 @@ def partial_train(params: Params) -> None:
         final = {**history[-1], "wall_seconds": time.perf_counter() - started,
                  "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                  "total_parameters": sum(p.numel() for p in model.parameters()),
-                 "sample_epochs": config.epochs * len(train)}
+                 "sample_epochs": len(history) * len(train)}
         finish(run, stage_metrics("partial-train"), final, not_per_epoch(final, history), [PARTIAL_MODEL])
 
 

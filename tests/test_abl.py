@@ -53,7 +53,7 @@ def _backdoored_noise(count: int = 640, poison_every: int = 10, seed: int = 0) -
 def _abl_settings(**overrides):
     settings = dict(loss="lga", gamma=0.5, isolation_epochs=3, isolation_ratio=0.05, retrain_epochs=1,
                     unlearn_epochs=1, unlearn_lr=5e-4, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                    precision="fp32")
+                    precision="fp32", min_steps=0)
     settings.update(overrides)
     return SimpleNamespace(**settings)
 

@@ -18,8 +18,8 @@ import yaml
 
 from dvc_workspace import run, wait_for
 
-STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "finetune", "abl", "clean-reference",
-          "evaluate"]
+STAGES = ["poison-data", "train-backdoored", "partial-train", "isolate", "verdict", "finetune", "abl",
+          "clean-reference", "evaluate"]
 METHODS = ("no_defense", "abl", "pt", "clean_reference")
 
 pytestmark = pytest.mark.e2e
@@ -93,6 +93,18 @@ def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
     assert len(sweep) == 1 + 31
 
 
+def test_the_verdict_agrees_with_isolation_and_tags_the_pipeline(workspace, reproduced):
+    isolation = json.loads((workspace / "metrics/isolate.json").read_text())
+    judged = json.loads((workspace / "reports/verdict.json").read_text())
+    assert judged["verdict"] in ("poison_found", "inconclusive", "no_poison_found")
+    assert (judged["verdict"] == "poison_found") == (isolation["isolated_count"] > 0)
+    assert judged["verdict_clear_z"] == 3.0 and judged["verdict_reason"]
+    assert set(judged["diversity_gap_z"]) == set(isolation["diversity_gap"])  # every label scored
+    assert f"# Verdict: {judged['verdict']}" in (workspace / "reports/verdict.md").read_text()
+    runs = _mlflow_runs(workspace, "tags.`ptdefense.stage` = 'verdict'")
+    assert runs["runs"][0]["tags"]["ptdefense.verdict"] == judged["verdict"]
+
+
 def test_plots_show_renders_every_declared_plot(workspace, reproduced):
     run(["dvc", "plots", "show", "-o", "rendered"], workspace)
     page = (workspace / "rendered/index.html").read_text()
@@ -110,7 +122,8 @@ def test_status_is_clean_and_metrics_show(workspace, reproduced):
 
 @pytest.mark.parametrize("script, expected", [
     ("stages/finetune.py", {"finetune", "evaluate"}),
-    ("stages/partial_train.py", {"partial-train", "isolate", "finetune", "evaluate"}),
+    ("stages/partial_train.py", {"partial-train", "isolate", "verdict", "finetune", "evaluate"}),
+    ("src/ptdefense/defenses/verdict.py", {"verdict"}),
     ("src/ptdefense/evaluation.py", {"evaluate"}),
     ("src/ptdefense/scoring.py", {"train-backdoored", "finetune", "abl", "clean-reference", "evaluate"}),
 ])
@@ -192,12 +205,13 @@ def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduc
     run(["git", "commit", "-qm", "after repro", "--allow-empty"], workspace)
     result = run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "freeze2"], workspace)
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout}
-    assert ran == {"partial-train", "isolate", "finetune", "evaluate"}
+    assert ran == {"partial-train", "isolate", "verdict", "finetune", "evaluate"}
     assert "Stage 'poison-data' didn't change, skipping" in result.stdout
     assert "Stage 'train-backdoored' didn't change, skipping" in result.stdout
 
     runs = _mlflow_runs(workspace, "tags.`ptdefense.pipeline` = 'freeze2' and tags.`ptdefense.role` = 'stage'")["runs"]
-    assert sorted(run["tags"]["ptdefense.stage"] for run in runs) == ["evaluate", "finetune", "isolate", "partial-train"]
+    assert sorted(run["tags"]["ptdefense.stage"] for run in runs) == ["evaluate", "finetune", "isolate", "partial-train",
+                                                                      "verdict"]
     assert {run["tags"]["freeze_layers"] for run in runs} == {"2"}
 
 

@@ -465,3 +465,20 @@ def test_weights_file_that_is_a_code_carrying_pickle_is_refused_unrun(tmp_path):
     with pytest.raises(ArtifactError, match=str(directory)):
         load_model(directory, "finetune")
     assert not marker.exists()
+
+
+def test_narrow_models_train_without_onednn_on_cpus_without_avx512(monkeypatch):
+    """oneDNN's AVX2 convolution backward corrupts the heap at widths 4-5 (models/registry.py)."""
+    import torch
+
+    from ptdefense.models import registry
+
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    registry.build_model("resnet_small", 1, 10, 4)
+    assert torch.backends.mkldnn.enabled  # AVX-512: oneDNN kept
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    registry.build_model("resnet_small", 3, 10, 16)
+    assert torch.backends.mkldnn.enabled  # wide enough (the 3-channel input does not count)
+    registry.build_model("resnet_small", 1, 10, 4)
+    assert not torch.backends.mkldnn.enabled

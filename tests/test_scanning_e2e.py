@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dvc_workspace import FP32, copy_repo, merge, run
+from dvc_workspace import QUICK, copy_repo, merge, run
 from ptdefense.attacks.registry import build_attack
 from ptdefense.data.errors import DatasetUnavailable
 from ptdefense.data.loading import load_dataset
@@ -24,7 +24,7 @@ from ptdefense.data.loading import load_dataset
 pytestmark = pytest.mark.e2e
 
 TRAIN_COUNT, TEST_COUNT, POISON_RATE = 10_000, 1_000, 0.1
-SCAN = merge(FP32, {
+SCAN = merge(QUICK, {
     "attack": {"name": "none"},
     "train": {"epochs": 2},
     "partial": {"epochs": 6},

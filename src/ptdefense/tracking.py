@@ -194,6 +194,16 @@ class StageRun:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self._guard("log metrics", mlflow.log_metrics, clean, step=step)
 
+    def set_tags(self, tags: Mapping[str, str], on_parent: bool = False) -> None:
+        """Tags on this stage's run (and on the pipeline's parent run), e.g. isolation's verdict."""
+        import mlflow
+
+        self._guard("set tags", mlflow.set_tags, dict(tags))
+        if on_parent and self.parent_run_id:
+            client = mlflow.tracking.MlflowClient(tracking_uri(self.params))
+            for key, value in tags.items():
+                self._guard("tag the pipeline's run", client.set_tag, self.parent_run_id, key, value)
+
     def log_pipeline_metrics(self, metrics: Mapping[str, float | int | None]) -> None:
         """Copy the headline metrics onto the parent run, so comparing parents shows params and results."""
         if not self.parent_run_id:

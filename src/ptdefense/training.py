@@ -12,7 +12,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,15 @@ class FitConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     precision: str = "bf16"
+    # The least number of optimiser steps: on a small set, `epochs` alone would train a handful of
+    # steps (3 epochs of 4,000 images at batch 128 are 94), and the model would learn nothing.
+    min_steps: int = 0
+
+    def for_samples(self, count: int) -> "FitConfig":
+        """This config with `epochs` raised, if needed, so that `count` samples give at least `min_steps`
+        optimiser steps."""
+        steps_per_epoch = max(1, -(-count // self.batch_size))
+        return replace(self, epochs=max(self.epochs, -(-self.min_steps // steps_per_epoch)))
 
 
 def seed_everything(seed: int) -> None:
@@ -115,8 +124,10 @@ def fit(
     """Train the trainable parameters of `model` with SGD + one-cycle schedule; return epoch stats.
 
     `objective` maps the batch's mean cross-entropy to the loss that is minimised (default: itself).
-    ABL passes its flooding/LGA loss here, and its unlearning passes −cross-entropy.
+    ABL passes its flooding/LGA loss here, and its unlearning passes −cross-entropy. The epochs run
+    are `config.for_samples(len(train)).epochs` (the history has one entry per epoch).
     """
+    config = config.for_samples(len(train))
     suppress_size = max(1, round(config.batch_size * len(suppress) / len(train))) if suppress is not None and len(suppress) else 0
     remainder = len(train) % config.batch_size
     batch_sizes = {min(config.batch_size, len(train)) + suppress_size} | ({remainder + suppress_size} if remainder else set())

@@ -27,5 +27,5 @@ def train_victim(params: Params, spec: dict, train: ImageSet, device, run, descr
     history = fit(model, train, config, device, params.seed, on_epoch_end=epoch_logger(run, "", scores),
                   description=description)
     final = {**history[-1], **scores(), "wall_seconds": time.perf_counter() - started,
-             "sample_epochs": config.epochs * len(train)}
+             "sample_epochs": len(history) * len(train)}
     return model, final, not_per_epoch(final, history, evaluated=True)

@@ -50,14 +50,15 @@ def run_abl(model: BlockNet, train: ImageSet, settings, device: torch.device, se
     """Train `model` (fresh) with ABL on `train`; `settings` is params.abl."""
     optimiser = dict(batch_size=settings.batch_size, momentum=settings.momentum, weight_decay=settings.weight_decay,
                      precision=settings.precision)
+    floor = dict(min_steps=settings.min_steps)  # isolation and retraining; unlearning keeps ABL's 5 short epochs
     history = {}
-    history["isolation"] = fit(model, train, FitConfig(epochs=settings.isolation_epochs, lr=settings.lr, **optimiser),
+    history["isolation"] = fit(model, train, FitConfig(epochs=settings.isolation_epochs, lr=settings.lr, **optimiser, **floor),
                                device, seed, objective=held_loss(settings.loss, settings.gamma),
                                on_epoch_end=on_epoch_end("isolation"), description="abl isolation")
     losses = per_sample_loss(model, train, device)
     isolated = isolate_lowest_loss(losses, settings.isolation_ratio).isolated
     retained, suspects = train.split(isolated)
-    history["retrain"] = fit(model, retained, FitConfig(epochs=settings.retrain_epochs, lr=settings.lr, **optimiser),
+    history["retrain"] = fit(model, retained, FitConfig(epochs=settings.retrain_epochs, lr=settings.lr, **optimiser, **floor),
                              device, seed + 1, on_epoch_end=on_epoch_end("retrain"), description="abl retrain")
     history["unlearn"] = []
     if settings.unlearn_epochs and len(suspects):
@@ -65,6 +66,6 @@ def run_abl(model: BlockNet, train: ImageSet, settings, device: torch.device, se
                                  FitConfig(epochs=settings.unlearn_epochs, lr=settings.unlearn_lr, **optimiser),
                                  device, seed + 2, objective=gradient_ascent, on_epoch_end=on_epoch_end("unlearn"),
                                  description="abl unlearn")
-    sample_epochs = (settings.isolation_epochs * len(train) + settings.retrain_epochs * len(retained)
-                     + settings.unlearn_epochs * len(suspects))
+    sample_epochs = (len(history["isolation"]) * len(train) + len(history["retrain"]) * len(retained)
+                     + len(history["unlearn"]) * len(suspects))
     return ABLResult(isolated, losses, history, sample_epochs)

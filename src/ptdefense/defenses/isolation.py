@@ -216,7 +216,7 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
     if seeds.numel() == 0:
         details["note"] = "the suspicious classes have no low-loss mode: nothing isolated"
         return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
-    details["seed_count"], details["quarantine_training_count"] = [], 0
+    details["seed_count"], details["quarantine_training_count"], details["quarantine_sample_epochs"] = [], 0, 0
     quarantine_probability = torch.zeros(labels.numel())
     for round_index in range(rounds):
         if round_index:
@@ -226,7 +226,7 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
             seeds = isolated
             if seeds.numel() == 0:
                 break
-        quarantine_model = _train_quarantine(train, seeds, anchors, in_suspicious, num_classes, architecture,
+        quarantine_model, sample_epochs = _train_quarantine(train, seeds, anchors, in_suspicious, num_classes, architecture,
                                              width, config, device, seed + round_index)
         # Only the suspicious classes can be isolated, so each round scores only them; the other
         # samples' scores (for the ranking) come from the last round's model, once.
@@ -235,6 +235,7 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
         isolated = torch.nonzero(in_suspicious & (quarantine_probability > threshold)).flatten()
         details["seed_count"].append(int(seeds.numel()))
         details["quarantine_training_count"] += int((~in_suspicious).sum()) + int(seeds.numel()) + int(anchors.numel())
+        details["quarantine_sample_epochs"] += sample_epochs
     quarantine_probability[~in_suspicious] = _quarantine_probability(
         quarantine_model, train.images[~in_suspicious], num_classes, device)
     details["anchor_count"] = int(anchors.numel())
@@ -243,8 +244,9 @@ def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: Im
 
 def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tensor, in_suspicious: torch.Tensor,
                       num_classes: int, architecture: str, width: int | None, config: FitConfig,
-                      device: torch.device, seed: int) -> BlockNet:
-    """Train a model with one extra output (the quarantine class), on the seeds relabelled to it."""
+                      device: torch.device, seed: int) -> tuple[BlockNet, int]:
+    """Train a model with one extra output (the quarantine class), on the seeds relabelled to it;
+    return it and the sample-epochs it trained."""
     quarantine_label = num_classes
     relabelled = train.labels.clone()
     relabelled[seeds] = quarantine_label
@@ -254,8 +256,9 @@ def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tenso
     chosen = torch.nonzero(training).flatten()
     torch.manual_seed(seed)
     model = build_model(architecture, train.images.shape[1], num_classes + 1, width)
-    fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed, description="quarantine")
-    return model
+    history = fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed,
+                  description="quarantine")
+    return model, len(history) * chosen.numel()
 
 
 def _quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: int,
@@ -278,7 +281,7 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         result = isolate_lowest_loss(losses, settings.ratio)
     elif settings.method in ("quarantine", "auto"):
         config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
-                           lr=settings.lr, precision=settings.precision)
+                           lr=settings.lr, precision=settings.precision, min_steps=settings.min_steps)
         seed_ratio = settings.seed_ratio if settings.method == "quarantine" else None
         result = quarantine_isolation(logits, features, train, num_classes, architecture, width, seed_ratio,
                                       settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold,

@@ -1,0 +1,163 @@
+"""Benchmark: the robustness matrix, PT's standing quality gate. Figures, not assertions.
+
+Every cell runs the real pipeline (`dvc repro` in a copy of the repository) on the committed
+params.yaml, with only the cell's data and attack changed, and no tuning per cell: no defense, PT,
+ABL and the clean reference on the same poisoned data.
+
+    .venv/bin/python benchmarks/robustness.py --list
+    .venv/bin/python benchmarks/robustness.py --cells 'small-*' 'unseen-*'     # run (resumes), then write
+    .venv/bin/python benchmarks/robustness.py --render                          # docs/robustness.md only
+
+- Each cell's result is cached in benchmarks/results/robustness/<cell>.json, keyed by the code's
+  commit and the overrides; a cached cell is not run again. A killed run resumes: each cell's
+  workspace (under --work) keeps its DVC cache and per-epoch checkpoints.
+- `--set key=value` overrides a params key in every cell (e.g. `--set train.precision=fp32` on a CPU
+  without native bf16, where bf16 is 8x slower); the overrides are recorded in each result.
+- MNIST and CIFAR-10 come from data/offline_copies.py (built on first use into --datasets).
+- Results: benchmarks/results/robustness.json (`{"cells": [...]}`), and docs/robustness.md, rendered
+  from it with each cell's pass/fail against the issue's criteria.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from dvc_workspace import copy_repo, merge, run  # noqa: E402
+from robustness_cells import CELLS, unseen_trigger_folder  # noqa: E402
+from robustness_report import render  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+CELL_RESULTS = RESULTS / "robustness"
+METHODS = ("no_defense", "pt", "abl", "clean_reference")
+ISOLATION_KEYS = ("isolation_precision", "isolation_recall", "isolation_false_positive_rate", "isolated_count")
+
+
+def commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        *parents, leaf = key.split(".")
+        target = overrides
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = yaml.safe_load(value)
+    return overrides
+
+
+def cell_params(cell: dict, datasets: Path, work: Path) -> dict:
+    data = {"name": cell["dataset"], "train_limit": cell["train_size"]}
+    if cell["dataset"] in ("mnist", "cifar10"):
+        data["root"] = str(datasets / cell["dataset"])
+        if not (datasets / cell["dataset"]).is_dir():
+            subprocess.run([sys.executable, str(ROOT / "data" / "offline_copies.py"), cell["dataset"], "--dest",
+                            str(datasets)], check=True)
+    attack = {"name": cell["attack"], "poison_rate": cell.get("poison_rate_param")}
+    if cell["attack"] == "unseen":
+        root, poison_list = unseen_trigger_folder(work / "unseen-data", cell)
+        data = {"name": "imagefolder", "root": str(root), "poison_indices": str(poison_list)}
+        attack = {"name": "none", "poison_rate": None}
+    elif cell["attack"] == "none":
+        attack = {"name": "none", "poison_rate": None}
+    return {"data": data, "attack": attack}
+
+
+def run_cell(cell: dict, overrides: dict, datasets: Path, work: Path) -> dict:
+    workspace = work / cell["id"]
+    if not (workspace / ".git").is_dir():
+        workspace.mkdir(parents=True, exist_ok=True)
+        copy_repo(workspace, merge(cell_params(cell, datasets, work), overrides))
+    started = time.perf_counter()
+    run(["dvc", "repro"], workspace)
+    return summarise(cell, workspace, time.perf_counter() - started)
+
+
+def summarise(cell: dict, workspace: Path, seconds: float) -> dict:
+    evaluated = json.loads((workspace / "metrics" / "evaluate.json").read_text())
+    isolate = json.loads((workspace / "metrics" / "isolate.json").read_text())
+    result = {key: cell[key] for key in ("id", "dataset", "train_size", "attack")}
+    result["poison_rate"] = cell.get("poison_rate", 0.0)
+    unseen_asr = unseen_attack_success(cell, workspace) if cell["attack"] == "unseen" else {}
+    for method in METHODS:
+        row = evaluated[method]
+        result[method] = {"clean_accuracy": row["clean_accuracy"],
+                          "attack_success_rate": unseen_asr.get(method, row["attack_success_rate"])}
+        if method in ("pt", "abl"):
+            result[method].update({key: row.get(key) for key in ISOLATION_KEYS})
+    result["pt"].update({"verdict": isolate.get("verdict"), "verdict_reason": isolate.get("verdict_reason"),
+                         "wall_seconds": evaluated["pt"].get("wall_seconds")})
+    result["repro_seconds"] = seconds
+    return result
+
+
+def unseen_attack_success(cell: dict, workspace: Path) -> dict:
+    """The unseen trigger is not registered, so evaluate scores no ASR: score each model here on the
+    cell's own triggered test images."""
+    import torch
+
+    from ptdefense.metrics import attack_success_rate
+    from ptdefense.models.io import load_model, skipped_reason
+    from ptdefense.training import predict
+
+    arrays = np.load(workspace.parent / "unseen-data" / f"{cell['id']}-triggered-test.npz")
+    images, targets = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["attack_targets"])
+    models = {"no_defense": "models/backdoored", "pt": "models/defended", "abl": "models/abl",
+              "clean_reference": "models/clean_reference"}
+    scores = {}
+    for method, directory in models.items():
+        if skipped_reason(workspace / directory) is None:
+            model, _ = load_model(workspace / directory, method)
+            scores[method] = attack_success_rate(predict(model, images, torch.device("cpu")), targets)
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", nargs="*", default=["*"], help="glob patterns of cell ids (default: all)")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only write docs/robustness.md from the results")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--work", type=Path, default=Path("~/.cache/ptdefense/robustness").expanduser())
+    parser.add_argument("--datasets", type=Path, default=Path("~/.cache/ptdefense/datasets").expanduser())
+    args = parser.parse_args()
+    chosen = [cell for cell in CELLS if any(fnmatch.fnmatch(cell["id"], pattern) for pattern in args.cells)]
+    if args.list:
+        for cell in chosen:
+            print(cell["id"])
+        return
+    overrides = parse_overrides(args.overrides)
+    key = {"commit": commit(), "overrides": overrides}
+    CELL_RESULTS.mkdir(parents=True, exist_ok=True)
+    for cell in [] if args.render else chosen:
+        cached = CELL_RESULTS / f"{cell['id']}.json"
+        if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+            continue
+        print(f"== {cell['id']}", file=sys.stderr, flush=True)
+        result = run_cell(cell, overrides, args.datasets, args.work / commit())
+        cached.write_text(json.dumps({**result, "key": key}, indent=2, sort_keys=True) + "\n")
+    cells = [json.loads((CELL_RESULTS / f"{cell['id']}.json").read_text()) for cell in CELLS
+             if (CELL_RESULTS / f"{cell['id']}.json").is_file()]
+    (RESULTS / "robustness.json").write_text(json.dumps({"cells": cells}, indent=2, sort_keys=True) + "\n")
+    (ROOT / "docs" / "robustness.md").write_text(render(cells, [cell["id"] for cell in CELLS]))
+    print(f"{len(cells)} of {len(CELLS)} cells measured; docs/robustness.md written", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""docs/robustness.md, rendered from benchmarks/results/robustness.json: every cell, and whether PT
+meets each of the robustness issue's criteria there."""
+
+from __future__ import annotations
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def criteria(cell: dict) -> dict[str, bool | None]:
+    """PT holds (ASR ≤ max(2%, clean reference + 1 point), CA ≥ clean reference − 1.5 points), beats or
+    ties ABL on both, isolates with recall ≥ 95% at FPR ≤ 1% (rates ≥ 1%); clean cells: isolates ≤ 1%,
+    loses ≤ 0.5 points, verdict not poison_found. None: not applicable."""
+    pt, abl, reference, none = cell["pt"], cell["abl"], cell["clean_reference"], cell["no_defense"]
+    if cell["poison_rate"] == 0:
+        train_size = cell.get("train_size") or 0
+        isolated_share = (pt["isolated_count"] or 0) / train_size if train_size else None
+        return {"clean_cell": (isolated_share is None or isolated_share <= 0.01)
+                and pt["clean_accuracy"] >= none["clean_accuracy"] - 0.005 and pt["verdict"] != "poison_found"}
+    asr, reference_asr = pt["attack_success_rate"], reference["attack_success_rate"]
+    holds = None if asr is None or reference_asr is None else (
+        asr <= max(0.02, reference_asr + 0.01) and pt["clean_accuracy"] >= reference["clean_accuracy"] - 0.015)
+    beats = None if asr is None or abl["attack_success_rate"] is None else (
+        pt["clean_accuracy"] >= abl["clean_accuracy"] and asr <= abl["attack_success_rate"])
+    isolation = None if cell["poison_rate"] < 0.01 or pt["isolation_recall"] is None else (
+        pt["isolation_recall"] >= 0.95 and pt["isolation_false_positive_rate"] <= 0.01)
+    return {"holds": holds, "beats_abl": beats, "isolation": isolation}
+
+
+def _mark(value: bool | None) -> str:
+    return "—" if value is None else ("yes" if value else "**no**")
+
+
+def render(cells: list[dict], order: list[str]) -> str:
+    by_id = {cell["id"]: cell for cell in cells}
+    lines = ["# Robustness matrix", "",
+             "Rendered by `benchmarks/robustness.py` from `benchmarks/results/robustness.json`; do not edit by hand.",
+             "Each cell: the committed params.yaml with only the data and attack changed (overrides, if any, in "
+             "the last column). CA / ASR in %, isolation precision / recall / FPR in %.", "",
+             "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
+             "isolation ok | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cell_id in order:
+        if cell_id not in by_id:
+            lines.append(f"| {cell_id} | not measured yet | | | | | | | | | |")
+            continue
+        cell = by_id[cell_id]
+        pair = {m: f"{_pct(cell[m]['clean_accuracy'])} / {_pct(cell[m]['attack_success_rate'])}"
+                for m in ("no_defense", "pt", "abl", "clean_reference")}
+        pt = cell["pt"]
+        isolation = (f"{_pct(pt['isolation_precision'])} / {_pct(pt['isolation_recall'])} / "
+                     f"{_pct(pt['isolation_false_positive_rate'])} ({pt['isolated_count']})")
+        met = criteria(cell)
+        overrides = cell.get("key", {}).get("overrides") or ""
+        lines.append(f"| {cell_id} | {pair['no_defense']} | {pair['pt']} | {pair['abl']} | {pair['clean_reference']} "
+                     f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
+                     f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {overrides} |")
+    return "\n".join(lines) + "\n"
