@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dvc_workspace import copy_repo, merge, run  # noqa: E402
+from dvc_workspace import copy_repo, env, merge  # noqa: E402
 from robustness_cells import CELLS, unseen_trigger_folder  # noqa: E402
 from robustness_report import render  # noqa: E402
 
@@ -85,7 +85,8 @@ def run_cell(cell: dict, overrides: dict, datasets: Path, work: Path) -> dict:
         workspace.mkdir(parents=True, exist_ok=True)
         copy_repo(workspace, merge(cell_params(cell, datasets, work), overrides))
     started = time.perf_counter()
-    run(["dvc", "repro"], workspace)
+    # No time limit (a cell can take hours); a killed run resumes from the workspace.
+    subprocess.run([str(Path(sys.executable).with_name("dvc")), "repro"], cwd=workspace, env=env(), check=True)
     return summarise(cell, workspace, time.perf_counter() - started)
 
 
