@@ -111,7 +111,8 @@ def test_resumed_run_finishes_with_the_uninterrupted_results(interrupted, tiny_b
     assert not any((workspace / "checkpoints").glob("*/*.pt"))  # removed once each stage succeeded
     resumed = reproducible_state(workspace)
     assert resumed["outputs"].keys() == tiny_baseline["outputs"].keys()
-    assert len(resumed["outputs"]) == 20  # every output but the metrics and the report that prints timings
+    # every output but the metrics and the report that prints timings (the verdict stage's two included)
+    assert len(resumed["outputs"]) == 22
     different = [path for path in resumed["outputs"] if resumed["outputs"][path] != tiny_baseline["outputs"][path]]
     assert different == [], different
     assert resumed["metrics"] == tiny_baseline["metrics"]
