@@ -54,13 +54,12 @@ def measure(params, attack_name: str, rate: float, method: str, train, num_class
             torch.save(model.state_dict(), cached)
     settings = params.isolation.model_copy(update={"method": method})
     result, _ = isolate_samples(model, poisoned.data, settings, num_classes, params.model.name, params.model.width,
-                                device, params.seed + 3)
+                                params.freeze_layers, device, params.seed + 3)
     scores = isolation_metrics(result.isolated, poisoned.poison_indices, len(poisoned.data))
     # The same quarantine model at other probability thresholds: how sensitive the cut is.
     sweep = {}
-    # The labels isolation actually drew from: flagged, minus those it cleared for lack of seeds.
-    cleared = result.details.get("cleared_classes") or []
-    classes = [label for label in result.details.get("suspicious_classes") or [] if label not in cleared]
+    # The labels isolation actually drew from: those the held-out quarantine test confirmed.
+    classes = result.details.get("suspicious_classes") or []
     if method != "ratio" and classes:
         in_suspicious = torch.isin(poisoned.data.labels, torch.tensor(classes))
         for threshold in THRESHOLDS:

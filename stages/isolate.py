@@ -1,6 +1,6 @@
 """DVC stage `isolate`: PT's second step. The partly trained model scores every training sample;
-the labels that show a sign of poison are searched with a quarantine class, and the suspicious
-samples are isolated. Writes the isolated indices, the per-sample losses and the suspects report."""
+labels whose signs of poison stand out are tested with a quarantine class trained on half their
+seeds, and the suspicious samples of the labels that pass are isolated. Writes the isolated indices, the per-sample losses and the suspects report."""
 
 import sys
 from pathlib import Path
@@ -32,7 +32,7 @@ def isolate(params: Params) -> None:
     with StageRun("isolate", params, logged) as run:
         started = time.perf_counter()
         result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
-                                         spec.get("width"), device, params.seed + 3)
+                                         spec.get("width"), spec.get("freeze_layers", 0), device, params.seed + 3)
         write_isolation(LOSSES_CSV, ISOLATED, train.labels, losses, result)
         suspects = suspects_rows(result.isolated, result.scores, losses, train.labels, info["class_names"],
                                  info["sources"])

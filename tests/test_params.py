@@ -63,7 +63,7 @@ def test_defaults(raw):
     assert params.model.name == "resnet_small"
     assert params.model.width is None
     assert params.train.epochs == 3
-    assert params.train.precision == "bf16"
+    assert params.train.precision == "fp32"
     assert params.partial.frozen_bn == "recalibrate"
     assert params.isolation.method == "auto"
     assert params.finetune.init == "scratch"

@@ -180,9 +180,10 @@ def test_one_pass_logits_and_features_match_two_passes(name):
 
 
 def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
-    """Scoring only the suspicious classes in each round, and the rest once, gives the isolated set
+    """Scoring only the candidate labels in each round, and the rest once, gives the isolated set
     and scores that scoring every sample with each round's model (the slow path) gives."""
-    import ptdefense.defenses.isolation as isolation
+    import ptdefense.defenses.quarantine as quarantine
+    from ptdefense.defenses.isolation import logits_and_features
     from ptdefense.models.registry import build_model
     from ptdefense.training import predict_logits
 
@@ -196,24 +197,27 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     torch.manual_seed(0)
     scorer = build_model("resnet_small", 1, 4, 4)
     fit(scorer, train, FitConfig(epochs=2, batch_size=32, lr=0.1, precision="fp32"), CPU, seed=0)
-    logits, features = isolation.logits_and_features(scorer, train.images, CPU)
+    logits, _ = logits_and_features(scorer, train.images, CPU)
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     config = FitConfig(epochs=2, batch_size=32, lr=0.1, precision="fp32")
-    # The class-flagging rule is tested elsewhere; here only label 0 (the target) is suspicious.
-    monkeypatch.setattr(isolation, "suspicious_classes", lambda *a, **k: ([0], {}))
     round_models = []
-    original = isolation._train_quarantine
-    monkeypatch.setattr(isolation, "_train_quarantine",
+    original = quarantine.train_quarantine
+    monkeypatch.setattr(quarantine, "train_quarantine",
                         lambda *a, **k: round_models.append(original(*a, **k)) or round_models[-1])
     threshold = 0.1
-    fast = isolation.quarantine_isolation(logits, features, train, 4, "resnet_small", 4, 0.05, 0.18, 1.5, threshold,
-                                          config, CPU, 0, rounds=2)
+    # The candidate rule and the test's level are tested elsewhere: label 0 is the candidate, and the
+    # test confirms it at any p-value (alpha 1) once most held-out seeds are quarantined.
+    isolated, scores, details = quarantine.confirm_and_isolate(
+        train, {0: ["diversity_gap"]}, losses, torch.zeros(480, dtype=torch.bool), 4, "resnet_small", 4, config, CPU,
+        0, 0.99, threshold, rounds=2, alpha=1.0, seed_count=30)
+    assert details["confirmed_classes"] == [0], details["confirmation"]
     assert len(round_models) == 2
     in_suspicious = labels == 0
     # The slow path: every sample scored by each round's model; each round's isolated set.
     slow_scores = [predict_logits(model, train.images, CPU).softmax(1)[:, 4] for model, _ in round_models]
     slow_isolated = [torch.nonzero(in_suspicious & (scores > threshold)).flatten() for scores in slow_scores]
-    assert fast.details["seed_count"][1] == slow_isolated[0].numel()  # round 1's isolated set seeded round 2
-    assert torch.equal(fast.isolated, slow_isolated[1])
-    assert torch.equal(fast.scores, slow_scores[1])
-    assert 0 < fast.isolated.numel() < int(in_suspicious.sum())
-    assert fast.scores[~in_suspicious].gt(0).all()  # the other labels were scored too, by the last model
+    assert details["seed_count"] == [15, slow_isolated[0].numel()]  # half the 30 seeds, then round 1's isolated
+    assert torch.equal(isolated, slow_isolated[1])
+    assert torch.equal(scores, slow_scores[1])
+    assert 0 < isolated.numel() < int(in_suspicious.sum())
+    assert scores[~in_suspicious].gt(0).all()  # the other labels were scored too, by the last model

@@ -7,12 +7,20 @@ import math
 
 import pytest
 
-from ptdefense.defenses.verdict import INCONCLUSIVE, NO_POISON_FOUND, POISON_FOUND, outlier_scores, verdict
+from ptdefense.defenses.verdict import (INCONCLUSIVE, NO_POISON_FOUND, POISON_FOUND, outlier_scores, verdict,
+                                        verdict_markdown)
 from ptdefense.training import FitConfig
 
 CLEAN_GAPS = {"0": -0.07, "1": -0.04, "2": -0.10, "3": -0.10, "4": 0.02, "5": -0.06, "6": -0.04, "7": -0.09,
               "8": -0.03, "9": -0.05}
 CLEAN_RATIOS = {label: 1.8 + 0.05 * int(label) for label in CLEAN_GAPS}
+
+
+def details(gaps=CLEAN_GAPS, ratios=CLEAN_RATIOS, **extra) -> dict:
+    """Isolation's details as the isolate stage writes them: the z-scores of each statistic."""
+    z = {"diversity_gap": outlier_scores(gaps),
+         "log_spectral_ratio": outlier_scores({label: math.log(value) for label, value in ratios.items()})}
+    return {"z": z, "suspicious_classes": [], **extra}
 
 
 def test_outlier_score_is_the_distance_from_the_others_median_in_robust_deviations():
@@ -30,36 +38,43 @@ def test_outlier_score_falls_back_to_the_standard_deviation_when_the_others_agre
 
 
 def test_clean_statistics_give_no_poison_found():
-    result = verdict({"diversity_gap": CLEAN_GAPS, "spectral_ratio": CLEAN_RATIOS, "suspicious_classes": []}, 0)
+    result = verdict(details(), 0)
     assert result["verdict"] == NO_POISON_FOUND, result["verdict_reason"]  # label 4's gap: z 2.7 < 3
     assert result["verdict_z"] < result["verdict_clear_z"]
 
 
 def test_a_label_that_stands_out_without_isolation_is_inconclusive_not_clean():
-    gaps = {**CLEAN_GAPS, "0": 0.12}  # below isolation's margins, far above the other labels
-    result = verdict({"diversity_gap": gaps, "spectral_ratio": CLEAN_RATIOS, "suspicious_classes": []}, 0)
+    result = verdict(details(gaps={**CLEAN_GAPS, "0": 0.12}), 0)  # no candidate, yet far above the others
     assert result["verdict"] == INCONCLUSIVE
-    assert result["verdict_label"] == "0" and result["verdict_statistic"] == "diversity gap"
+    assert result["verdict_label"] == "0" and result["verdict_statistic"] == "diversity_gap"
     assert "label 0" in result["verdict_reason"]
 
 
 def test_a_one_sided_spectrum_is_read_on_the_log_scale():
-    ratios = {**CLEAN_RATIOS, "3": 4.4}  # clean-label poison: one direction dominates label 3's features
-    result = verdict({"diversity_gap": CLEAN_GAPS, "spectral_ratio": ratios, "suspicious_classes": []}, 0)
+    result = verdict(details(ratios={**CLEAN_RATIOS, "3": 4.4}), 0)  # one direction dominates label 3
     assert result["verdict"] == INCONCLUSIVE and result["verdict_label"] == "3"
-    assert result["verdict_statistic"] == "spectral ratio"
+    assert result["verdict_statistic"] == "log_spectral_ratio"
 
 
-def test_a_flagged_label_cleared_for_want_of_seeds_is_inconclusive():
-    details = {"diversity_gap": CLEAN_GAPS, "spectral_ratio": CLEAN_RATIOS, "suspicious_classes": [],
-               "cleared_classes": [1]}
-    assert verdict(details, 0)["verdict"] == INCONCLUSIVE
+def test_a_candidate_that_fails_the_quarantine_test_is_inconclusive_with_its_figures():
+    test = {"confirmed": False, "reason": "cleared: held-out seeds quarantined 3/50, controls 18/300, p=0.4"}
+    result = verdict(details(confirmation={"8": test}), 0)
+    assert result["verdict"] == INCONCLUSIVE
+    assert "label 8" in result["verdict_reason"] and "3/50" in result["verdict_reason"]
 
 
-def test_isolated_samples_mean_poison_found():
-    details = {"diversity_gap": {**CLEAN_GAPS, "0": 0.41}, "spectral_ratio": CLEAN_RATIOS, "suspicious_classes": [0]}
-    result = verdict(details, 6001)
-    assert result["verdict"] == POISON_FOUND and "6001" in result["verdict_reason"]
+def test_isolated_samples_mean_poison_found_with_the_test_that_confirmed_them():
+    test = {"confirmed": True, "held_out_seeds": 50, "held_out_seeds_quarantined": 47, "controls": 300,
+            "controls_quarantined": 20, "p_value": 1e-30}
+    result = verdict(details(gaps={**CLEAN_GAPS, "0": 0.41}, suspicious_classes=[0], confirmation={"0": test}), 6001)
+    assert result["verdict"] == POISON_FOUND
+    assert "6001" in result["verdict_reason"] and "47/50" in result["verdict_reason"]
+
+
+def test_the_report_lists_every_statistic_for_every_label():
+    report = verdict_markdown(verdict(details(), 0))
+    assert "| label | diversity gap z | log spectral ratio z |" in report
+    assert sum(line.startswith("| ") for line in report.splitlines()) == 11  # header + 10 labels
 
 
 def test_without_statistics_nothing_is_called_clean():

@@ -141,8 +141,10 @@ class OptimiserParams(StrictSection):
     lr: PositiveFloat = 0.05
     momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
     weight_decay: NonNegativeFloat = 5e-4
-    # bf16 autocast roughly halves CPU training time; fp32 is the exact reference.
-    precision: Literal["fp32", "bf16"] = "bf16"
+    # fp32: the same numbers on every CPU. bf16 autocast halves training time on CPUs with native
+    # bf16 (AVX512-BF16, AMX) and GPUs, but is 8x slower where it is emulated (AVX2: 107 against
+    # 829 images/s, resnet_small), and its kernels round differently from one CPU to the next.
+    precision: Literal["fp32", "bf16"] = "fp32"
     # Train at least this many optimiser steps: a small set gets more epochs, so that its budget
     # scales with its size (3 epochs of 4,000 images at batch 128 are 94 steps, and the partial model
     # then learns nothing). 800 leaves every 50k/60k configuration of the docs at its epochs (the
@@ -169,34 +171,27 @@ class PartialParams(OptimParams):
 
 class IsolationParams(StrictSection):
     # ratio: the lowest-loss `ratio` share, globally (naive PT).
-    # quarantine: seed_ratio × N lowest-loss seeds in suspicious classes, then a quarantine class
-    # learns the trigger from them and catches the poison the seeds missed (see defenses/isolation.py).
-    # auto: the same, with the seed count read off each suspicious class's loss distribution, so
-    # that nothing assumes a poison rate.
+    # auto: candidate labels by robust z-scores of four signs of poison, each confirmed by a
+    # held-out quarantine test before anything is isolated (defenses/isolation.py).
+    # quarantine: the same, with seed_ratio × N lowest-loss seeds shared among the candidates.
     method: Literal["auto", "quarantine", "ratio"] = "auto"
     ratio: Ratio = 0.1  # method ratio only
     seed_ratio: Ratio = 0.05  # method quarantine only
-    # method auto: seeds are the samples of a suspicious class that the low-loss mode of a
-    # two-component mixture on its log-losses holds with at least this posterior.
+    # Loss statistics' seeds (clean-label candidates): the samples that the low-loss mode of a
+    # two-component mixture on the label's log-losses holds with at least this posterior.
     seed_confidence: Ratio = 0.99
-    # A label is suspicious when (see defenses/isolation.py) its easiest tenth has more diverse
-    # runner-up classes than its hardest half by diversity_margin (dirty-label poison), or when the
-    # spread of its partial-model features along their main direction, (σ1/σ2)², is spectral_margin
-    # times the other labels' median (clean-label poison).
-    diversity_margin: Ratio = 0.18
-    # ... or whose gap exceeds the other labels' median gap by this much (null = off): the
-    # absolute margin is FMNIST's scale, where clean gaps sit near 0; on CIFAR-10 they sit at −0.4.
-    # Measured: CIFAR-10's BadNets target 0.45 above the others, the highest clean label there 0.21;
-    # FMNIST's sandals 0.22 (60k) and 0.32 (a 10k subset), so 0.35.
-    diversity_relative_margin: Ratio | None = 0.35
-    spectral_margin: Annotated[float, Field(ge=1.0, le=100.0)] = 1.5
+    # A label is a candidate when one of its statistics' modified z-scores against the other labels
+    # reaches this (3.5: Iglewicz and Hoaglin's outlier cut; defenses/signs.py states the null model).
+    flag_z: Annotated[float, Field(gt=0.0, le=100.0)] = 3.5
+    # The held-out quarantine test's level, shared (Bonferroni) among the candidate labels.
+    confirm_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     quarantine_epochs: PositiveInt = 3
     # Rounds of quarantine training; each later round seeds with the previous round's isolated set.
     quarantine_rounds: Annotated[int, Field(ge=1, le=10)] = 2
     quarantine_threshold: Ratio = 0.1
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["fp32", "bf16"] = "fp32"
     min_steps: Annotated[int, Field(ge=0, le=10_000_000)] = 800  # for each quarantine model
     # Batch size of the partial model's inference pass (per-sample losses and features).
     batch_size: Annotated[int, Field(ge=1, le=65_536)] = 256

@@ -2,9 +2,11 @@
 
 Three rules (isolation.method):
 - ratio: the lowest-loss `ratio` share, globally (naive PT);
-- quarantine: suspicious classes, then `seed_ratio` × N seeds and a quarantine class (see below);
-- auto (default): the same, but the seeds' count comes from each suspicious class's own loss
-  distribution (the low-loss mode of a two-component mixture), so no poison rate is assumed.
+- auto (default): labels whose signs of poison stand out (defenses/signs.py) are candidates; each
+  is tested with a quarantine class trained on half its seeds, and only the labels that pass are
+  isolated from (defenses/quarantine.py). Seeds come from the frozen prefix's view of content
+  (defenses/content.py) or from the label's low-loss mode, so no poison rate is assumed;
+- quarantine: the same, with `seed_ratio` × N lowest-loss seeds shared among the candidates.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
+from ptdefense.defenses.content import content_features, easy_disagreement, neighbour_votes
+from ptdefense.defenses.quarantine import confirm_and_isolate
+from ptdefense.defenses.signs import candidate_labels, label_statistics
 from ptdefense.models.blocknet import BlockNet
-from ptdefense.models.registry import build_model
-from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, fit, predict_logits, to_input
+from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, predict_logits, to_input
 
 
 @dataclass
@@ -56,240 +60,48 @@ def logits_and_features(model: BlockNet, images: torch.Tensor, device: torch.dev
     return torch.cat(logits), torch.cat(pooled)
 
 
-def spectral_ratio(features: torch.Tensor) -> float:
-    """(σ1 / σ2)² of a set's centred features: how much one direction dominates their spread."""
-    singular = torch.linalg.svdvals((features - features.mean(0)).double())
-    return float(singular[0] ** 2 / singular[1].clamp(min=1e-12) ** 2)
-
-
-def runner_up_diversity(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Normalised entropy (0..1) of the runner-up class over a set of samples.
-
-    Samples of a clean class are confused with a few similar classes (a T-shirt with a shirt), so
-    their runner-up classes concentrate. Dirty-label poison carries the content of many classes
-    under one label, so its runner-ups spread over all of them.
-    """
-    masked = logits.clone()
-    masked[torch.arange(labels.numel()), labels] = float("-inf")
-    counts = torch.bincount(masked.argmax(1), minlength=num_classes).float()
-    shares = counts[counts > 0] / counts.sum()
-    entropy = float(-(shares * shares.log()).sum())
-    return entropy / float(torch.log(torch.tensor(float(max(2, num_classes - 1)))))
-
-
-def diversity_gap(logits: torch.Tensor, losses: torch.Tensor, labels: torch.Tensor, label: int,
-                  num_classes: int) -> float:
-    """Runner-up diversity of a label's easiest tenth minus that of its hardest half.
-
-    Dirty-label poison is the easiest part of its label and carries many classes' content: a large
-    positive gap. Comparing a label with itself cancels what is natural to a class (bags look like
-    nothing else, so their runner-ups are diverse whether easy or hard).
-    """
-    members = torch.nonzero(labels == label).flatten()
-    ordered = members[torch.sort(losses[members], stable=True).indices]
-    easiest, hardest = ordered[: max(1, ordered.numel() // 10)], ordered[ordered.numel() // 2:]
-    return (runner_up_diversity(logits[easiest], labels[easiest], num_classes)
-            - runner_up_diversity(logits[hardest], labels[hardest], num_classes))
-
-
-def suspicious_classes(logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                       diversity_margin: float, spectral_margin: float,
-                       diversity_relative_margin: float | None = None) -> tuple[list[int], dict]:
-    """Labels that hold poison, by either of two signs the partial model shows:
-
-    - dirty-label poison: the label's easiest samples have far more diverse content than its
-      hardest ones (`diversity_gap` ≥ `diversity_margin`), or than the other labels' gaps
-      (`diversity_gap` ≥ their median + `diversity_relative_margin`). The second form adapts to
-      the dataset: on CIFAR-10 every clean label's gap is strongly negative (−0.26 to −0.70) and
-      BadNets' target sits at −0.02, far above them but below the absolute margin;
-    - clean-label poison: the partial model learns the trigger first, so the label's features
-      spread along one direction (trigger present or not) far more than other labels' do. This is
-      the spectral signature of Tran et al. (2018), taken per label: (σ1/σ2)² at least
-      `spectral_margin` times the median of the other labels. Being relative, the test adapts to
-      the dataset, the model and the length of partial training.
-    """
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    gaps: dict[str, float] = {}
-    ratios: dict[str, float] = {}
-    for label in range(num_classes):
-        members = labels == label
-        if int(members.sum()) >= 20:
-            gaps[str(label)] = diversity_gap(logits, losses, labels, label, num_classes)
-            ratios[str(label)] = spectral_ratio(features[members])
-    flagged = []
-    for label in gaps:
-        others = [value for key, value in ratios.items() if key != label]
-        reference = float(torch.tensor(others).median()) if others else ratios[label]
-        other_gaps = [value for key, value in gaps.items() if key != label]
-        gap_reference = float(torch.tensor(other_gaps).median()) if other_gaps else gaps[label]
-        relative = diversity_relative_margin is not None and other_gaps and \
-            gaps[label] >= gap_reference + diversity_relative_margin
-        if gaps[label] >= diversity_margin or relative or ratios[label] >= spectral_margin * reference:
-            flagged.append(int(label))
-    return flagged, {"diversity_gap": gaps, "spectral_ratio": ratios}
-
-
-def low_loss_mode_posterior(losses: torch.Tensor, seed: int) -> torch.Tensor:
-    """Each loss's posterior probability of belonging to the low-loss mode of a two-component
-    Gaussian mixture on log-loss (scikit-learn's GaussianMixture).
-
-    Poison that the partial model has learned sits orders of magnitude below the clean samples of
-    its label, so log-loss is bimodal; the mixture finds the split without knowing the poison rate.
-    """
-    import numpy as np
-    from sklearn.mixture import GaussianMixture
-
-    if losses.numel() < 4:
-        return torch.zeros(losses.numel(), dtype=torch.float64)
-    values = losses.double().clamp(min=1e-12).log10().numpy().reshape(-1, 1)
-    mixture = GaussianMixture(n_components=2, n_init=3, random_state=seed).fit(values)
-    low = int(np.argmin(mixture.means_.ravel()))
-    return torch.from_numpy(mixture.predict_proba(values)[:, low])
-
-
-def _lowest_and_highest(members: torch.Tensor, losses: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = members[torch.sort(losses[members], stable=True).indices]
-    return order[:count], order[order.numel() - count:] if count else order[:0]
-
-
-def quarantine_isolation(logits: torch.Tensor, features: torch.Tensor, train: ImageSet, num_classes: int,
-                         architecture: str, width: int | None, seed_ratio: float | None, diversity_margin: float,
-                         spectral_margin: float, threshold: float, config: FitConfig, device: torch.device,
-                         seed: int, seed_confidence: float = 0.99, rounds: int = 1,
-                         diversity_relative_margin: float | None = None) -> Isolation:
-    """Progressive isolation through a quarantine class.
-
-    1. Suspicious classes (see `suspicious_classes`), then seeds: the lowest-loss samples within
-       them, `seed_ratio` × N but at most a quarter of those classes. They are nearly all poison.
-       With `seed_ratio=None` (method auto) each suspicious class gives the samples that its
-       low-loss mode holds with posterior ≥ `seed_confidence` (`low_loss_mode_posterior`), again
-       at most a quarter of the class. A high posterior keeps the seeds pure where the poison's
-       and the clean samples' losses overlap (measured: 99% pure at 5% and 10% BadNets, against
-       83% for the lower half of the mode at 5%).
-    2. A fresh model with one extra output, the quarantine class, is trained on the seeds relabelled
-       to it, plus every sample whose label is not suspicious (all clean for an all-to-one attack),
-       plus as many "anchors": the highest-loss samples of the suspicious classes, under their label.
-       The samples in between, where residual poison hides, are left out.
-       The only thing the seeds share across their varied content is the trigger, so the model
-       learns "trigger → quarantine", and generalises it to the poison the seeds missed.
-    3. Isolated: samples of the suspicious classes whose quarantine probability exceeds `threshold`.
-    4. With `rounds` > 1, steps 2 and 3 repeat with the isolated samples as seeds.
-    """
-    labels = train.labels
-    losses = F.cross_entropy(logits, labels, reduction="none")
-    classes, statistics = suspicious_classes(logits, features, labels, num_classes, diversity_margin, spectral_margin,
-                                             diversity_relative_margin)
-    details: dict = {"suspicious_classes": classes, **statistics}
-    if not classes:
-        details["note"] = "no label shows a sign of poison: nothing isolated"
-        return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
-    in_suspicious = torch.isin(labels, torch.tensor(classes))
-    # Seeds: the lowest-loss samples within the suspicious classes. Easy clean classes do not compete
-    # for them, and more seeds teach the trigger better; the cap of a quarter keeps them nearly pure
-    # when the poison is only part of a class (clean-label attacks poison half of the target class).
-    # Anchors: as many of the highest-loss samples of the suspicious classes, kept under their label,
-    # so that the clean content of those classes has a home other than the quarantine class.
-    candidates = torch.nonzero(in_suspicious).flatten()
-    if seed_ratio is not None:
-        seed_count = min(round(seed_ratio * labels.numel()), candidates.numel() // 4)
-        seeds, anchors = _lowest_and_highest(candidates, losses, seed_count)
-    else:
-        picked = []
-        details["low_loss_mode_size"], details["confident_seed_count"] = {}, {}
-        for label in classes:
-            members = torch.nonzero(labels == label).flatten()
-            posterior = low_loss_mode_posterior(losses[members], seed)
-            confident = int((posterior >= seed_confidence).sum())
-            details["low_loss_mode_size"][str(label)] = int((posterior > 0.5).sum())
-            details["confident_seed_count"][str(label)] = confident
-            picked.append(_lowest_and_highest(members, losses, min(confident, members.numel() // 4)))
-        # A flagged label with no confident low-loss sample shows no learnt poison: it is cleared, so
-        # that its samples train the quarantine model under their own label (WaNet, freeze_layers=1:
-        # clean trousers were flagged by the spectral test, had no seed, and were isolated anyway).
-        cleared = [label for label, (label_seeds, _) in zip(classes, picked) if label_seeds.numel() == 0]
-        if cleared:
-            details["cleared_classes"] = cleared
-            classes = [label for label in classes if label not in cleared]
-            in_suspicious = torch.isin(labels, torch.tensor(classes, dtype=torch.int64))
-        seeds = torch.cat([pair[0] for pair in picked])
-        anchors = torch.cat([pair[1] for pair in picked])
-    if seeds.numel() == 0:
-        details["note"] = "the suspicious classes have no low-loss mode: nothing isolated"
-        return Isolation(torch.empty(0, dtype=torch.int64), -losses, details)
-    details["seed_count"], details["quarantine_training_count"], details["quarantine_sample_epochs"] = [], 0, 0
-    quarantine_probability = torch.zeros(labels.numel())
-    for round_index in range(rounds):
-        if round_index:
-            # Later rounds: the previous round's isolated samples are the seeds, uncapped. They are
-            # far more numerous than the first seeds and as pure (100% precision measured at 5%
-            # BadNets), so the quarantine class generalises further.
-            seeds = isolated
-            if seeds.numel() == 0:
-                break
-        quarantine_model, sample_epochs = _train_quarantine(train, seeds, anchors, in_suspicious, num_classes, architecture,
-                                             width, config, device, seed + round_index)
-        # Only the suspicious classes can be isolated, so each round scores only them; the other
-        # samples' scores (for the ranking) come from the last round's model, once.
-        quarantine_probability[in_suspicious] = _quarantine_probability(
-            quarantine_model, train.images[in_suspicious], num_classes, device)
-        isolated = torch.nonzero(in_suspicious & (quarantine_probability > threshold)).flatten()
-        details["seed_count"].append(int(seeds.numel()))
-        details["quarantine_training_count"] += int((~in_suspicious).sum()) + int(seeds.numel()) + int(anchors.numel())
-        details["quarantine_sample_epochs"] += sample_epochs
-    quarantine_probability[~in_suspicious] = _quarantine_probability(
-        quarantine_model, train.images[~in_suspicious], num_classes, device)
-    details["anchor_count"] = int(anchors.numel())
-    return Isolation(isolated, quarantine_probability, details)
-
-
-def _train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tensor, in_suspicious: torch.Tensor,
-                      num_classes: int, architecture: str, width: int | None, config: FitConfig,
-                      device: torch.device, seed: int) -> tuple[BlockNet, int]:
-    """Train a model with one extra output (the quarantine class), on the seeds relabelled to it;
-    return it and the sample-epochs it trained."""
-    quarantine_label = num_classes
-    relabelled = train.labels.clone()
-    relabelled[seeds] = quarantine_label
-    training = ~in_suspicious
-    training[seeds] = True
-    training[anchors] = True
-    chosen = torch.nonzero(training).flatten()
-    torch.manual_seed(seed)
-    model = build_model(architecture, train.images.shape[1], num_classes + 1, width)
-    history = fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed,
-                  description="quarantine")
-    return model, len(history) * chosen.numel()
-
-
-def _quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: int,
-                            device: torch.device) -> torch.Tensor:
-    """The quarantine class's softmax probability for each image."""
-    if len(images) == 0:  # every label suspicious, or none: nothing to score on this side
-        return torch.empty(0)
-    return predict_logits(model, images, device, description="quarantine scores").softmax(1)[:, num_classes]
+def signs_and_candidates(model: BlockNet, train: ImageSet, logits: torch.Tensor, features: torch.Tensor,
+                         freeze_layers: int, num_classes: int, flag_z: float,
+                         device: torch.device) -> tuple[dict[int, list[str]], torch.Tensor, dict]:
+    """The candidates, the easily fitted content-disagreeing samples (seeds), and every statistic and z-score."""
+    losses = F.cross_entropy(logits, train.labels, reduction="none")
+    votes = neighbour_votes(content_features(model, train.images, freeze_layers, device), train.labels, num_classes)
+    easy, shares = easy_disagreement(votes, losses, train.labels, num_classes)
+    statistics = label_statistics(logits, features, train.labels, num_classes, shares)
+    candidates, scores = candidate_labels(statistics, flag_z)
+    return candidates, easy, {**statistics, "z": scores, "flag_z": flag_z}
 
 
 def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
-                    width: int | None, device: torch.device, seed: int) -> tuple[Isolation, torch.Tensor]:
+                    width: int | None, freeze_layers: int, device: torch.device,
+                    seed: int) -> tuple[Isolation, torch.Tensor]:
     """Per-sample loss under the partial model, then the isolation rule chosen in params."""
     if settings.method == "ratio":
         logits = predict_logits(model, train.images, device, settings.batch_size, description="partial-model logits")
-    else:
-        logits, features = logits_and_features(model, train.images, device, settings.batch_size)
+        losses = F.cross_entropy(logits, train.labels, reduction="none")
+        return isolate_lowest_loss(losses, settings.ratio), losses
+    logits, features = logits_and_features(model, train.images, device, settings.batch_size)
     losses = F.cross_entropy(logits, train.labels, reduction="none")
-    if settings.method == "ratio":
-        result = isolate_lowest_loss(losses, settings.ratio)
-    elif settings.method in ("quarantine", "auto"):
-        config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
-                           lr=settings.lr, precision=settings.precision, min_steps=settings.min_steps)
-        seed_ratio = settings.seed_ratio if settings.method == "quarantine" else None
-        result = quarantine_isolation(logits, features, train, num_classes, architecture, width, seed_ratio,
-                                      settings.diversity_margin, settings.spectral_margin, settings.quarantine_threshold,
-                                      config, device, seed, settings.seed_confidence, settings.quarantine_rounds,
-                                      settings.diversity_relative_margin)
-    else:  # the params schema only admits the methods above
-        raise ValueError(f"unknown isolation method {settings.method!r}")
-    return result, losses
+    candidates, easy, details = signs_and_candidates(model, train, logits, features, freeze_layers, num_classes,
+                                                     settings.flag_z, device)
+    if not candidates:
+        details.update(suspicious_classes=[], note="no label's statistics stand out: nothing isolated")
+        return Isolation(torch.empty(0, dtype=torch.int64), -losses, details), losses
+    config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
+                       lr=settings.lr, precision=settings.precision, min_steps=settings.min_steps)
+    seed_count = (max(1, round(settings.seed_ratio * len(train) / len(candidates)))
+                  if settings.method == "quarantine" else None)
+    isolated, probability, quarantine = confirm_and_isolate(
+        train, candidates, losses, easy, num_classes, architecture, width, config, device, seed,
+        settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds, settings.confirm_alpha,
+        seed_count)
+    details.update(quarantine)
+    confirmed = quarantine.get("confirmed_classes", [])
+    details["suspicious_classes"] = confirmed
+    details["cleared_classes"] = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed]
+    if not confirmed:
+        details["note"] = "no candidate label passed the held-out quarantine test: nothing isolated"
+    return Isolation(isolated, probability, details), losses
 
 
 def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.Tensor, result: Isolation) -> None:

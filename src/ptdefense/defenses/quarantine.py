@@ -1,0 +1,172 @@
+"""PT's isolation through a quarantine class, with a held-out test before anything is isolated.
+
+1. Candidates: labels whose statistics stand out (defenses/signs.py).
+2. Seeds per candidate, at most a quarter of the label:
+   - flagged by content (the frozen prefix disagrees with the label): its samples that disagree
+     and are fitted easily (defenses/content.py);
+   - flagged only by the loss statistics (clean-label poison, whose content matches its label):
+     the samples its low-loss mode holds with posterior ≥ `seed_confidence`.
+   Anchors: as many of the label's highest-loss samples, kept under their label.
+3. The test (round 1). Each candidate's seeds are split in two halves. A model with one extra
+   output, the quarantine class, is trained on half A relabelled to it, the anchors under their
+   labels and every sample of the other labels. Half B is held out. The only thing seeds of varied
+   content can share is a trigger, so a backdoor makes the model quarantine most of half B; seeds
+   that are natural ambiguities (an 8 that looks like a 3) share nothing and are not quarantined.
+   Null model: half B is quarantined no more often than the label's other held-out samples (the
+   ones that are neither seed nor anchor). One-sided Fisher exact test, Bonferroni over the
+   candidates, at `confirm_alpha`; and a majority of half B quarantined, the effect a trigger has.
+   A label that passes is confirmed; one that fails is cleared, with its figures, and the verdict
+   says "inconclusive" rather than "clean".
+4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
+   later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ptdefense.data.dataset import ImageSet
+from ptdefense.defenses.signs import CONTENT_STATISTICS
+from ptdefense.models.blocknet import BlockNet
+from ptdefense.models.registry import build_model
+from ptdefense.training import FitConfig, fit, predict_logits
+
+MIN_HELD_OUT = 5  # fewer held-out seeds than this: the test cannot confirm the label
+
+
+def low_loss_mode_posterior(losses: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each loss's posterior probability of belonging to the low-loss mode of a two-component
+    Gaussian mixture on log-loss (scikit-learn's GaussianMixture): poison that the partial model has
+    learnt sits orders of magnitude below its label's clean samples, so no poison rate is assumed."""
+    import numpy as np
+    from sklearn.mixture import GaussianMixture
+
+    if losses.numel() < 4:
+        return torch.zeros(losses.numel(), dtype=torch.float64)
+    values = losses.double().clamp(min=1e-12).log10().numpy().reshape(-1, 1)
+    mixture = GaussianMixture(n_components=2, n_init=3, random_state=seed).fit(values)
+    low = int(np.argmin(mixture.means_.ravel()))
+    return torch.from_numpy(mixture.predict_proba(values)[:, low])
+
+
+def label_seeds(members: torch.Tensor, reasons: list[str], losses: torch.Tensor, easy: torch.Tensor,
+                seed_confidence: float, seed: int, seed_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A candidate label's seeds (lowest loss first) and as many anchors (its highest-loss samples).
+    `seed_count` (method quarantine) fixes the count: the label's lowest-loss samples."""
+    ordered = members[torch.sort(losses[members], stable=True).indices]
+    cap = members.numel() // 4
+    if seed_count is not None:
+        seeds = ordered[:min(seed_count, cap)]
+    elif any(reason in CONTENT_STATISTICS for reason in reasons):
+        seeds = ordered[easy[ordered]][:cap]
+    else:
+        confident = int((low_loss_mode_posterior(losses[members], seed) >= seed_confidence).sum())
+        seeds = ordered[:min(confident, cap)]
+    anchors = ordered[ordered.numel() - seeds.numel():] if seeds.numel() else ordered[:0]
+    return seeds, anchors
+
+
+def train_quarantine(train: ImageSet, seeds: torch.Tensor, anchors: torch.Tensor, held_out: torch.Tensor,
+                     num_classes: int, architecture: str, width: int | None, config: FitConfig,
+                     device: torch.device, seed: int) -> tuple[BlockNet, int]:
+    """A model with one extra output (the quarantine class), trained on the seeds relabelled to it,
+    the anchors under their labels, and every sample not `held_out`; with its sample-epochs."""
+    relabelled = train.labels.clone()
+    relabelled[seeds] = num_classes
+    training = ~held_out
+    training[seeds] = True
+    training[anchors] = True
+    chosen = torch.nonzero(training).flatten()
+    torch.manual_seed(seed)
+    model = build_model(architecture, train.images.shape[1], num_classes + 1, width)
+    history = fit(model, ImageSet(train.images[chosen], relabelled[chosen]), config, device, seed,
+                  description="quarantine")
+    return model, len(history) * chosen.numel()
+
+
+def quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: int,
+                           device: torch.device) -> torch.Tensor:
+    if len(images) == 0:
+        return torch.empty(0)
+    return predict_logits(model, images, device, description="quarantine scores").softmax(1)[:, num_classes]
+
+
+def held_out_test(quarantined: torch.Tensor, held_seeds: torch.Tensor, controls: torch.Tensor,
+                  alpha: float) -> dict:
+    """Is the held-out half of a label's seeds quarantined more often than its other held-out samples?"""
+    from scipy.stats import fisher_exact
+
+    seed_hits, control_hits = int(quarantined[held_seeds].sum()), int(quarantined[controls].sum())
+    seed_count, control_count = held_seeds.numel(), controls.numel()
+    result = {"held_out_seeds": seed_count, "held_out_seeds_quarantined": seed_hits,
+              "controls": control_count, "controls_quarantined": control_hits}
+    if seed_count < MIN_HELD_OUT or control_count == 0:
+        return {**result, "p_value": 1.0, "confirmed": False,
+                "reason": f"too few held-out seeds ({seed_count} < {MIN_HELD_OUT}) or no controls to test"}
+    p_value = float(fisher_exact([[seed_hits, seed_count - seed_hits],
+                                  [control_hits, control_count - control_hits]], alternative="greater")[1])
+    majority = seed_hits * 2 > seed_count
+    confirmed = p_value <= alpha and majority
+    reason = ("confirmed: the held-out seeds share what the quarantine class learnt" if confirmed else
+              f"cleared: held-out seeds quarantined {seed_hits}/{seed_count}, controls {control_hits}/{control_count}, "
+              f"p={p_value:.2g} (needs p ≤ {alpha:.2g} and a majority)")
+    return {**result, "p_value": p_value, "confirmed": confirmed, "reason": reason}
+
+
+def split_halves(indices: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(indices.numel(), generator=torch.Generator().manual_seed(seed))
+    shuffled = indices[order]
+    half = (shuffled.numel() + 1) // 2
+    return shuffled[:half], shuffled[half:]
+
+
+def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losses: torch.Tensor,
+                        easy: torch.Tensor, num_classes: int, architecture: str, width: int | None,
+                        config: FitConfig, device: torch.device, seed: int, seed_confidence: float,
+                        threshold: float, rounds: int, alpha: float,
+                        seed_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Steps 2 to 4 of the module's story: (isolated indices, quarantine probability per sample, details)."""
+    labels = train.labels
+    details: dict = {"candidates": {str(label): reasons for label, reasons in candidates.items()},
+                     "seed_count": [], "quarantine_sample_epochs": 0, "confirmation": {}}
+    probability = torch.zeros(labels.numel())
+    picked = {label: label_seeds(torch.nonzero(labels == label).flatten(), reasons, losses, easy, seed_confidence,
+                                 seed, seed_count) for label, reasons in candidates.items()}
+    testable = {label: pair for label, pair in picked.items() if pair[0].numel()}
+    for label in set(picked) - set(testable):
+        details["confirmation"][str(label)] = {"confirmed": False, "reason": "cleared: no seeds"}
+    if not testable:
+        return torch.empty(0, dtype=torch.int64), probability, details
+    halves = {label: split_halves(seeds, seed + label) for label, (seeds, _) in testable.items()}
+    in_candidates = torch.isin(labels, torch.tensor(sorted(testable)))
+    seeds_a = torch.cat([half_a for half_a, _ in halves.values()])
+    anchors = torch.cat([pair[1] for pair in testable.values()])
+    model, sample_epochs = train_quarantine(train, seeds_a, anchors, in_candidates, num_classes, architecture, width,
+                                            config, device, seed)
+    details["seed_count"].append(int(seeds_a.numel()))
+    details["quarantine_sample_epochs"] += sample_epochs
+    probability[in_candidates] = quarantine_probability(model, train.images[in_candidates], num_classes, device)
+    quarantined = probability > threshold
+    confirmed = []
+    for label, (half_a, half_b) in halves.items():
+        members = labels == label
+        members[testable[label][0]] = False
+        members[testable[label][1]] = False
+        test = held_out_test(quarantined, half_b, torch.nonzero(members).flatten(), alpha / len(candidates))
+        details["confirmation"][str(label)] = test
+        if test["confirmed"]:
+            confirmed.append(label)
+    in_confirmed = torch.isin(labels, torch.tensor(confirmed, dtype=torch.int64))
+    isolated = torch.nonzero(in_confirmed & quarantined).flatten()
+    confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else anchors[:0]
+    for round_index in range(1, rounds if confirmed else 1):
+        # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out.
+        model, sample_epochs = train_quarantine(train, isolated, confirmed_anchors, in_confirmed, num_classes,
+                                                architecture, width, config, device, seed + round_index)
+        details["seed_count"].append(int(isolated.numel()))
+        details["quarantine_sample_epochs"] += sample_epochs
+        probability[in_confirmed] = quarantine_probability(model, train.images[in_confirmed], num_classes, device)
+        isolated = torch.nonzero(in_confirmed & (probability > threshold)).flatten()
+    probability[~in_candidates] = quarantine_probability(model, train.images[~in_candidates], num_classes, device)
+    details["confirmed_classes"] = confirmed
+    return isolated, probability, details
