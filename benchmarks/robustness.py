@@ -11,8 +11,9 @@ ABL and the clean reference on the same poisoned data.
 - Each cell's result is cached in benchmarks/results/robustness/<cell>.json, keyed by the code's
   commit and the overrides; a cached cell is not run again. A killed run resumes: each cell's
   workspace (under --work) keeps its DVC cache and per-epoch checkpoints.
-- `--set key=value` overrides a params key in every cell (e.g. `--set train.precision=fp32` on a CPU
-  without native bf16, where bf16 is 8x slower); the overrides are recorded in each result.
+- `--set key=value` overrides a params key in every cell (e.g. `--set train.precision=bf16` on a
+  machine with native bf16); the overrides are recorded in each result. The matrix itself runs the
+  committed defaults.
 - MNIST and CIFAR-10 come from data/offline_copies.py (built on first use into --datasets).
 - Results: benchmarks/results/robustness.json (`{"cells": [...]}`), and docs/robustness.md, rendered
   from it with each cell's pass/fail against the issue's criteria.
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from dvc_workspace import copy_repo, env, merge  # noqa: E402
 from robustness_cells import CELLS, unseen_trigger_folder  # noqa: E402
-from robustness_report import render  # noqa: E402
+from robustness_report import render, render_isolation  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CELL_RESULTS = RESULTS / "robustness"
@@ -92,7 +93,7 @@ def run_cell(cell: dict, overrides: dict, datasets: Path, work: Path) -> dict:
 
 def summarise(cell: dict, workspace: Path, seconds: float) -> dict:
     evaluated = json.loads((workspace / "metrics" / "evaluate.json").read_text())
-    isolate = json.loads((workspace / "metrics" / "isolate.json").read_text())
+    judged = json.loads((workspace / "reports" / "verdict.json").read_text())
     result = {key: cell[key] for key in ("id", "dataset", "train_size", "attack")}
     result["poison_rate"] = cell.get("poison_rate", 0.0)
     unseen_asr = unseen_attack_success(cell, workspace) if cell["attack"] == "unseen" else {}
@@ -102,7 +103,7 @@ def summarise(cell: dict, workspace: Path, seconds: float) -> dict:
                           "attack_success_rate": unseen_asr.get(method, row["attack_success_rate"])}
         if method in ("pt", "abl"):
             result[method].update({key: row.get(key) for key in ISOLATION_KEYS})
-    result["pt"].update({"verdict": isolate.get("verdict"), "verdict_reason": isolate.get("verdict_reason"),
+    result["pt"].update({"verdict": judged["verdict"], "verdict_reason": judged["verdict_reason"],
                          "wall_seconds": evaluated["pt"].get("wall_seconds")})
     result["repro_seconds"] = seconds
     return result
@@ -127,6 +128,17 @@ def unseen_attack_success(cell: dict, workspace: Path) -> dict:
             model, _ = load_model(workspace / directory, method)
             scores[method] = attack_success_rate(predict(model, images, torch.device("cpu")), targets)
     return scores
+
+
+def write_report(cells: list[dict] | None = None) -> None:
+    """docs/robustness.md: the full cells, then the isolate-only ones (benchmarks/isolation_cells.py)."""
+    if cells is None:
+        cells = [json.loads((CELL_RESULTS / f"{cell['id']}.json").read_text()) for cell in CELLS
+                 if (CELL_RESULTS / f"{cell['id']}.json").is_file()]
+    isolation_file = RESULTS / "isolation_cells.json"
+    isolation_rows = json.loads(isolation_file.read_text()) if isolation_file.is_file() else {}
+    order = [cell["id"] for cell in CELLS]
+    (ROOT / "docs" / "robustness.md").write_text(render(cells, order) + render_isolation(isolation_rows, order))
 
 
 def main() -> None:
@@ -156,7 +168,7 @@ def main() -> None:
     cells = [json.loads((CELL_RESULTS / f"{cell['id']}.json").read_text()) for cell in CELLS
              if (CELL_RESULTS / f"{cell['id']}.json").is_file()]
     (RESULTS / "robustness.json").write_text(json.dumps({"cells": cells}, indent=2, sort_keys=True) + "\n")
-    (ROOT / "docs" / "robustness.md").write_text(render(cells, [cell["id"] for cell in CELLS]))
+    write_report(cells)
     print(f"{len(cells)} of {len(CELLS)} cells measured; docs/robustness.md written", file=sys.stderr)
 
 

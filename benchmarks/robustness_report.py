@@ -57,3 +57,27 @@ def render(cells: list[dict], order: list[str]) -> str:
                      f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
                      f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {overrides} |")
     return "\n".join(lines) + "\n"
+
+
+def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
+    """The isolate-stage-only cells (benchmarks/isolation_cells.py): PT's isolation and verdict."""
+    lines = ["", "## PT's isolation alone", "",
+             "Rendered by `benchmarks/isolation_cells.py` from `benchmarks/results/isolation_cells.json`: the "
+             "committed params.yaml, poison-data and partial-train run by DVC, then PT's isolation scored against "
+             "the true poison. Candidates: label → the statistics whose z-score reached `isolation.flag_z`; "
+             "test: held-out seeds quarantined / the label's other held-out samples quarantined.", "",
+             "| cell | isolated | precision / recall / FPR (%) | candidates | test per candidate | verdict | "
+             "isolate s | commit |", "|---|---|---|---|---|---|---|---|"]
+    for cell_id in [cell_id for cell_id in order if cell_id in rows]:
+        row = rows[cell_id]
+        tests = "; ".join(
+            f"{label}: {test.get('held_out_seeds_quarantined', '—')}/{test.get('held_out_seeds', '—')} vs "
+            f"{test.get('controls_quarantined', '—')}/{test.get('controls', '—')}"
+            f"{' confirmed' if test.get('confirmed') else ' cleared'}"
+            for label, test in sorted(row.get("confirmation", {}).items()))
+        candidates = "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in sorted(row["candidates"].items()))
+        lines.append(f"| {cell_id} | {row['isolated_count']} | {_pct(row.get('isolation_precision'))} / "
+                     f"{_pct(row.get('isolation_recall'))} / {_pct(row.get('isolation_false_positive_rate'))} "
+                     f"| {candidates or '—'} | {tests or '—'} | {row['verdict']} | {row['isolate_seconds']:.0f} "
+                     f"| {row['commit']} |")
+    return "\n".join(lines) + "\n"

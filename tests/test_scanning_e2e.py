@@ -28,8 +28,7 @@ SCAN = merge(QUICK, {
     "attack": {"name": "none"},
     "train": {"epochs": 2},
     "partial": {"epochs": 6},
-    # The fixed seed share: auto isolation needs the full data set (README, Known issues).
-    "isolation": {"method": "quarantine", "quarantine_epochs": 6, "quarantine_rounds": 1, "quarantine_threshold": 0.3},
+    "isolation": {"quarantine_epochs": 6},  # the default rule (auto), with QUICK's min_steps 0
     "finetune": {"epochs": 2},
     "abl": {"isolation_epochs": 1, "retrain_epochs": 1, "unlearn_epochs": 1},
 })

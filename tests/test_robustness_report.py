@@ -1,0 +1,64 @@
+"""The robustness matrix's pass/fail rules (benchmarks/robustness_report.py), on hand-made cells."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from robustness_report import criteria, render  # noqa: E402
+
+
+def cell(pt_ca=0.91, pt_asr=0.005, abl=(0.85, 0.05), reference=(0.91, 0.01), recall=0.99, fpr=0.001, rate=0.1,
+         verdict="poison_found", isolated=6000, train_size=60000) -> dict:
+    isolation = {"isolation_precision": 0.99, "isolation_recall": recall, "isolation_false_positive_rate": fpr,
+                 "isolated_count": isolated}
+    return {"id": "c", "poison_rate": rate, "train_size": train_size,
+            "no_defense": {"clean_accuracy": 0.91, "attack_success_rate": 1.0},
+            "pt": {"clean_accuracy": pt_ca, "attack_success_rate": pt_asr, "verdict": verdict, **isolation},
+            "abl": {"clean_accuracy": abl[0], "attack_success_rate": abl[1], **isolation},
+            "clean_reference": {"clean_accuracy": reference[0], "attack_success_rate": reference[1]}}
+
+
+def test_a_defended_cell_passes_every_criterion():
+    assert criteria(cell()) == {"holds": True, "beats_abl": True, "isolation": True}
+
+
+def test_each_criterion_fails_on_its_own_cause():
+    assert criteria(cell(pt_asr=0.03))["holds"] is False  # above max(2%, reference + 1 point)
+    assert criteria(cell(pt_asr=0.03, reference=(0.91, 0.025)))["holds"] is True
+    assert criteria(cell(pt_ca=0.89))["holds"] is False  # more than 1.5 points below the reference
+    assert criteria(cell(abl=(0.92, 0.05)))["beats_abl"] is False
+    assert criteria(cell(recall=0.94))["isolation"] is False
+    assert criteria(cell(fpr=0.011))["isolation"] is False
+    assert criteria(cell(rate=0.005, recall=0.1))["isolation"] is None  # below 1%: not judged
+
+
+def test_a_clean_cell_fails_on_a_poison_found_verdict_or_too_much_isolated():
+    clean = dict(rate=0.0, isolated=0)
+    assert criteria(cell(verdict="inconclusive", **clean)) == {"clean_cell": True}
+    assert criteria(cell(verdict="poison_found", **clean)) == {"clean_cell": False}
+    assert criteria(cell(verdict="no_poison_found", rate=0.0, isolated=601)) == {"clean_cell": False}
+
+
+def test_the_table_lists_unmeasured_cells():
+    table = render([cell()], ["c", "d"])
+    assert "| d | not measured yet |" in table
+    assert "| c | 91.00 / 100.00 | 91.00 / 0.50 |" in table
+
+
+def test_the_isolation_table_shows_each_candidate_and_its_test():
+    from robustness_report import render_isolation
+
+    row = {"isolated_count": 499, "isolation_precision": 0.982, "isolation_recall": 0.98,
+           "isolation_false_positive_rate": 0.002, "candidates": {"0": ["content_disagreement"], "8": ["log_spectral_ratio"]},
+           "confirmation": {"0": {"held_out_seeds": 71, "held_out_seeds_quarantined": 68, "controls": 695,
+                                  "controls_quarantined": 299, "confirmed": True},
+                            "8": {"held_out_seeds": 10, "held_out_seeds_quarantined": 7, "controls": 364,
+                                  "controls_quarantined": 258, "confirmed": False}},
+           "verdict": "poison_found", "isolate_seconds": 600.0, "commit": "abc"}
+    table = render_isolation({"m": row}, ["m", "n"])
+    assert "| m | 499 | 98.20 / 98.00 / 0.20 | 0: content_disagreement; 8: log_spectral_ratio |" in table
+    assert "0: 68/71 vs 299/695 confirmed; 8: 7/10 vs 258/364 cleared" in table
+    assert "| n |" not in table  # only measured cells
