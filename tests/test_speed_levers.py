@@ -219,5 +219,5 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     assert details["seed_count"] == [15, slow_isolated[0].numel()]  # half the 30 seeds, then round 1's isolated
     assert torch.equal(isolated, slow_isolated[1])
     assert torch.equal(scores, slow_scores[1])
-    assert 0 < isolated.numel() < int(in_suspicious.sum())
+    assert 0 < isolated.numel() <= int(in_suspicious.sum())
     assert scores[~in_suspicious].gt(0).all()  # the other labels were scored too, by the last model

@@ -7,18 +7,20 @@
    - flagged only by the loss statistics (clean-label poison, whose content matches its label):
      the samples its low-loss mode holds with posterior ≥ `seed_confidence`.
    Anchors: as many of the label's highest-loss samples, kept under their label.
-3. The test (round 1). Each candidate's seeds are split in two halves. A model with one extra
-   output, the quarantine class, is trained on half A relabelled to it, the anchors under their
-   labels and every sample of the other labels. Half B is held out. The only thing seeds of varied
-   content can share is a trigger, so a backdoor makes the model quarantine most of half B; seeds
-   that are natural ambiguities (an 8 that looks like a 3) share nothing and are not quarantined.
-   Null model: half B is quarantined no more often than the label's other held-out samples (the
-   ones that are neither seed nor anchor). One-sided Fisher exact test, Bonferroni over the
-   candidates, at `confirm_alpha`; and a majority of half B quarantined, the effect a trigger has.
-   A label that passes is confirmed; one that fails is cleared, with its figures, and the verdict
-   says "inconclusive" rather than "clean".
+3. The test (round 1). Each candidate's seeds are split in two halves, and a random fifth of its
+   other samples (neither seed nor anchor) is set aside as controls. A model with one extra output,
+   the quarantine class, is trained on half A relabelled to it and every other sample under its own
+   label; half B and the controls are held out. The only thing seeds of varied content can share
+   is a trigger, so a backdoor makes the model quarantine most of half B; seeds that are natural
+   ambiguities (an 8 that looks like a 3) share nothing and are not quarantined.
+   Null model: half B is quarantined no more often than the controls. One-sided Fisher exact test,
+   Bonferroni over the candidates, at `confirm_alpha`; and a majority of half B quarantined, the
+   effect a trigger has. A label that passes is confirmed; one that fails is cleared, with its
+   figures, and the verdict says "inconclusive" rather than "clean".
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
-   later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds.
+   later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds, the
+   anchors under their label and the other labels' samples, holding out the rest of the confirmed
+   labels, where the residual poison hides.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ptdefense.models.registry import build_model
 from ptdefense.training import FitConfig, fit, predict_logits
 
 MIN_HELD_OUT = 5  # fewer held-out seeds than this: the test cannot confirm the label
+CONTROL_SHARE = 0.2  # of a candidate's other samples, held out of round 1 as the test's controls
 
 
 def low_loss_mode_posterior(losses: torch.Tensor, seed: int) -> torch.Tensor:
@@ -113,6 +116,17 @@ def held_out_test(quarantined: torch.Tensor, held_seeds: torch.Tensor, controls:
     return {**result, "p_value": p_value, "confirmed": confirmed, "reason": reason}
 
 
+def control_sample(labels: torch.Tensor, label: int, seeds: torch.Tensor, anchors: torch.Tensor, seed: int,
+                   share: float = CONTROL_SHARE) -> torch.Tensor:
+    """A seeded random `share` of the label's samples that are neither seed nor anchor."""
+    members = labels == label
+    members[seeds] = False
+    members[anchors] = False
+    others = torch.nonzero(members).flatten()
+    order = torch.randperm(others.numel(), generator=torch.Generator().manual_seed(seed))
+    return torch.sort(others[order[:max(1, round(share * others.numel()))]]).values if others.numel() else others
+
+
 def split_halves(indices: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(indices.numel(), generator=torch.Generator().manual_seed(seed))
     shuffled = indices[order]
@@ -138,27 +152,31 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     if not testable:
         return torch.empty(0, dtype=torch.int64), probability, details
     halves = {label: split_halves(seeds, seed + label) for label, (seeds, _) in testable.items()}
+    controls = {label: control_sample(labels, label, *testable[label], seed + label) for label in testable}
+    # Round 1 trains on every sample but half B and the controls, each under its own label (half A
+    # under the quarantine class), so that the candidates' clean content keeps its label and the
+    # controls measure how often a typical sample of the label is quarantined.
+    held_out = torch.zeros(labels.numel(), dtype=torch.bool)
+    for label in testable:
+        held_out[halves[label][1]] = True
+        held_out[controls[label]] = True
     in_candidates = torch.isin(labels, torch.tensor(sorted(testable)))
     seeds_a = torch.cat([half_a for half_a, _ in halves.values()])
-    anchors = torch.cat([pair[1] for pair in testable.values()])
-    model, sample_epochs = train_quarantine(train, seeds_a, anchors, in_candidates, num_classes, architecture, width,
+    model, sample_epochs = train_quarantine(train, seeds_a, seeds_a[:0], held_out, num_classes, architecture, width,
                                             config, device, seed)
     details["seed_count"].append(int(seeds_a.numel()))
     details["quarantine_sample_epochs"] += sample_epochs
     probability[in_candidates] = quarantine_probability(model, train.images[in_candidates], num_classes, device)
     quarantined = probability > threshold
     confirmed = []
-    for label, (half_a, half_b) in halves.items():
-        members = labels == label
-        members[testable[label][0]] = False
-        members[testable[label][1]] = False
-        test = held_out_test(quarantined, half_b, torch.nonzero(members).flatten(), alpha / len(candidates))
+    for label, (_, half_b) in halves.items():
+        test = held_out_test(quarantined, half_b, controls[label], alpha / len(candidates))
         details["confirmation"][str(label)] = test
         if test["confirmed"]:
             confirmed.append(label)
     in_confirmed = torch.isin(labels, torch.tensor(confirmed, dtype=torch.int64))
     isolated = torch.nonzero(in_confirmed & quarantined).flatten()
-    confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else anchors[:0]
+    confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else seeds_a[:0]
     for round_index in range(1, rounds if confirmed else 1):
         # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out.
         model, sample_epochs = train_quarantine(train, isolated, confirmed_anchors, in_confirmed, num_classes,
