@@ -124,7 +124,8 @@ def test_status_is_clean_and_metrics_show(workspace, reproduced):
 @pytest.mark.parametrize("script, expected", [
     ("stages/finetune.py", {"finetune", "evaluate"}),
     ("stages/partial_train.py", {"partial-train", "isolate", "verdict", "finetune", "evaluate"}),
-    ("src/ptdefense/defenses/verdict.py", {"verdict"}),
+    # isolation's candidates use the verdict's z-score, and abl imports isolation's lowest-loss rule
+    ("src/ptdefense/defenses/verdict.py", {"isolate", "verdict", "abl", "finetune", "evaluate"}),
     ("src/ptdefense/evaluation.py", {"evaluate"}),
     ("src/ptdefense/scoring.py", {"train-backdoored", "finetune", "abl", "clean-reference", "evaluate"}),
 ])
