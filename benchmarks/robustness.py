@@ -11,6 +11,10 @@ ABL and the clean reference on the same poisoned data.
 - Each cell's result is cached in benchmarks/results/robustness/<cell>.json, keyed by the code's
   commit and the overrides; a cached cell is not run again. A killed run resumes: each cell's
   workspace (under --work) keeps its DVC cache and per-epoch checkpoints.
+- `--adopt CELL=DIR` records a cell from a workspace that already ran it (for instance the repository
+  itself: its committed default run is the cell fashion_mnist-full-badnets-std), after checking that
+  the workspace's params.yaml is the committed one with the cell's data and attack, and that
+  `dvc status` is clean there.
 - `--set key=value` overrides a params key in every cell (e.g. `--set train.precision=bf16` on a
   machine with native bf16); the overrides are recorded in each result. The matrix itself runs the
   committed defaults.
@@ -91,6 +95,23 @@ def run_cell(cell: dict, overrides: dict, datasets: Path, work: Path) -> dict:
     return summarise(cell, workspace, time.perf_counter() - started)
 
 
+def adopt_cell(cell: dict, workspace: Path, datasets: Path, work: Path) -> dict:
+    """The cell's result from a workspace where it already ran: only if that workspace ran exactly the
+    cell (committed params with the cell's data and attack, no overrides) and its outputs are current."""
+    wanted = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), cell_params(cell, datasets, work))
+    found = yaml.safe_load((workspace / "params.yaml").read_text())
+    if found != wanted:
+        raise SystemExit(f"--adopt {cell['id']}: {workspace}/params.yaml is not the committed params with this "
+                         "cell's data and attack; run the cell instead (--cells)")
+    status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json"], cwd=workspace,
+                            env=env(), capture_output=True, text=True, check=True).stdout
+    if json.loads(status or "{}"):
+        raise SystemExit(f"--adopt {cell['id']}: `dvc status` in {workspace} is not clean; run `dvc repro` there first")
+    result = summarise(cell, workspace, None)
+    result["adopted_from"] = "the repository" if workspace == ROOT else str(workspace)
+    return result
+
+
 def summarise(cell: dict, workspace: Path, seconds: float) -> dict:
     evaluated = json.loads((workspace / "metrics" / "evaluate.json").read_text())
     judged = json.loads((workspace / "reports" / "verdict.json").read_text())
@@ -146,6 +167,8 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=["*"], help="glob patterns of cell ids (default: all)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--render", action="store_true", help="only write docs/robustness.md from the results")
+    parser.add_argument("--adopt", action="append", default=[], metavar="CELL=DIR",
+                        help="record CELL from the workspace DIR, where it already ran (checked)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--work", type=Path, default=Path("~/.cache/ptdefense/robustness").expanduser())
     parser.add_argument("--datasets", type=Path, default=Path("~/.cache/ptdefense/datasets").expanduser())
@@ -158,7 +181,14 @@ def main() -> None:
     overrides = parse_overrides(args.overrides)
     key = {"commit": commit(), "overrides": overrides}
     CELL_RESULTS.mkdir(parents=True, exist_ok=True)
-    for cell in [] if args.render else chosen:
+    for pair in args.adopt:
+        cell_id, _, directory = pair.partition("=")
+        cell = next((cell for cell in CELLS if cell["id"] == cell_id), None)
+        if cell is None or overrides:
+            raise SystemExit(f"--adopt {pair}: {'no such cell (see --list)' if cell is None else 'not with --set'}")
+        result = adopt_cell(cell, Path(directory).resolve(), args.datasets, args.work / commit())
+        (CELL_RESULTS / f"{cell_id}.json").write_text(json.dumps({**result, "key": key}, indent=2, sort_keys=True) + "\n")
+    for cell in [] if args.render or args.adopt else chosen:
         cached = CELL_RESULTS / f"{cell['id']}.json"
         if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
             continue

@@ -1,0 +1,35 @@
+"""benchmarks/robustness.py --adopt: a workspace is recorded as a cell only if it ran exactly that cell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import robustness  # noqa: E402
+
+
+def cell(cell_id: str) -> dict:
+    return next(cell for cell in robustness.CELLS if cell["id"] == cell_id)
+
+
+def test_a_workspace_with_other_params_is_refused(tmp_path):
+    params = yaml.safe_load((robustness.ROOT / "params.yaml").read_text())
+    params["data"]["train_limit"] = 4000  # a smaller run than the full-size cell
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit, match="not the committed params"):
+        robustness.adopt_cell(cell("fashion_mnist-full-badnets-std"), tmp_path, tmp_path, tmp_path)
+
+
+def test_the_committed_params_are_the_default_cell_and_no_other():
+    committed = yaml.safe_load((robustness.ROOT / "params.yaml").read_text())
+    merged = {cell_id: robustness.merge(committed, robustness.cell_params(cell(cell_id), Path("/unused"), Path("/unused")))
+              for cell_id in ("fashion_mnist-full-badnets-std", "fashion_mnist-full-blend-std",
+                              "fashion_mnist-full-badnets-5pct")}
+    assert merged["fashion_mnist-full-badnets-std"] == committed
+    assert merged["fashion_mnist-full-blend-std"] != committed
+    assert merged["fashion_mnist-full-badnets-5pct"] != committed
