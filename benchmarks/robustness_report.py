@@ -39,11 +39,11 @@ def render(cells: list[dict], order: list[str]) -> str:
              "Each cell: the committed params.yaml with only the data and attack changed (overrides, if any, in "
              "the last column). CA / ASR in %, isolation precision / recall / FPR in %.", "",
              "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
-             "isolation ok | overrides |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "isolation ok | PT stages s | cell s | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell_id in order:
         if cell_id not in by_id:
-            lines.append(f"| {cell_id} | not measured yet | | | | | | | | | |")
+            lines.append(f"| {cell_id} | not measured yet | | | | | | | | | | | |")
             continue
         cell = by_id[cell_id]
         pair = {m: f"{_pct(cell[m]['clean_accuracy'])} / {_pct(cell[m]['attack_success_rate'])}"
@@ -55,8 +55,17 @@ def render(cells: list[dict], order: list[str]) -> str:
         overrides = cell.get("key", {}).get("overrides") or ""
         lines.append(f"| {cell_id} | {pair['no_defense']} | {pair['pt']} | {pair['abl']} | {pair['clean_reference']} "
                      f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
-                     f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {overrides} |")
+                     f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {_seconds(pt.get('wall_seconds'))} "
+                     f"| {_seconds(cell.get('repro_seconds'))} | {overrides} |")
+    timed = [cell["repro_seconds"] for cell in cells if cell.get("repro_seconds")]
+    lines += ["", f"{len(cells)} of {len(order)} cells measured; the {len(timed)} run here took "
+              f"{sum(timed) / 3600:.1f} h of `dvc repro` in all (cell s: each cell's, all its stages; PT stages s: "
+              "partial-train, isolate and finetune). A cell recorded with `--adopt` has no cell time."]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(value) -> str:
+    return "—" if value is None else f"{value:.0f}"
 
 
 def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
