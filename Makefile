@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stages call `python`: put the project's environment first on PATH for dvc and its stages.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run test e2e clean-outputs
+.PHONY: setup dataset run test e2e clean-outputs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,20 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 	@test -d .dvc || $(BIN)/dvc init --quiet
 
-run: setup
-	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+# The default dataset: found, else Debian's package, else torchvision's download, else one clear
+# error before any stage runs (data/default_dataset.py).
+dataset: setup
+	$(BIN)/python data/default_dataset.py
 
-test: setup
+run: dataset
+	$(BIN)/dvc repro
+	@echo
+	@cat reports/evaluate.md
+	@echo
+	@echo "Next: plots/ (dvc plots show), reports/suspects.csv and reports/verdict.md,"
+	@echo "      and every stage's run in MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+test: dataset
 	$(BIN)/python -m pytest -q
 
 clean-outputs:
