@@ -118,6 +118,11 @@ def summarise(cell: dict, workspace: Path, seconds: float) -> dict:
     result = {key: cell[key] for key in ("id", "dataset", "train_size", "attack")}
     result["poison_rate"] = cell.get("poison_rate", 0.0)
     unseen_asr = unseen_attack_success(cell, workspace) if cell["attack"] == "unseen" else {}
+    if "clean_reference" not in evaluated and result["poison_rate"] == 0:
+        # Nothing is poisoned, so the clean-reference stage skips itself: its model would be the
+        # no-defense one, trained on the same (all clean) samples.
+        evaluated = {**evaluated, "clean_reference": evaluated["no_defense"]}
+        result["clean_reference_is_no_defense"] = True
     for method in METHODS:
         row = evaluated[method]
         result[method] = {"clean_accuracy": row["clean_accuracy"],

@@ -33,3 +33,24 @@ def test_the_committed_params_are_the_default_cell_and_no_other():
     assert merged["fashion_mnist-full-badnets-std"] == committed
     assert merged["fashion_mnist-full-blend-std"] != committed
     assert merged["fashion_mnist-full-badnets-5pct"] != committed
+
+
+def test_a_clean_cell_takes_its_clean_reference_from_the_no_defense_model(tmp_path):
+    """With nothing poisoned, the clean-reference stage skips itself (its model would be the
+    no-defense one); the cell records no defense's figures for it, and says so."""
+    import json
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "reports").mkdir()
+    scores = {"no_defense": {"clean_accuracy": 0.98, "attack_success_rate": None},
+              "pt": {"clean_accuracy": 0.97, "attack_success_rate": None, "isolated_count": 0, "wall_seconds": 9.0},
+              "abl": {"clean_accuracy": 0.93, "attack_success_rate": None, "isolated_count": 50}}
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps(scores))
+    (tmp_path / "reports" / "verdict.json").write_text(json.dumps({"verdict": "inconclusive", "verdict_reason": "r"}))
+    result = robustness.summarise(cell("clean-mnist-5k"), tmp_path, 1.0)
+    assert result["clean_reference"] == {"clean_accuracy": 0.98, "attack_success_rate": None}
+    assert result["clean_reference_is_no_defense"] is True
+    assert result["pt"]["verdict"] == "inconclusive" and result["pt"]["isolated_count"] == 0
+    poisoned = {**cell("small-mnist-5k-badnets")}
+    with pytest.raises(KeyError):  # a poisoned cell without its clean reference is an error, not a guess
+        robustness.summarise(poisoned, tmp_path, 1.0)
