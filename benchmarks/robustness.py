@@ -156,6 +156,11 @@ def unseen_attack_success(cell: dict, workspace: Path) -> dict:
     return scores
 
 
+def write_cell(result: dict, key: dict) -> None:
+    """A cell's cached result, with the key (commit, overrides) it is valid for."""
+    (CELL_RESULTS / f"{result['id']}.json").write_text(json.dumps({**result, "key": key}, indent=2, sort_keys=True) + "\n")
+
+
 def write_report(cells: list[dict] | None = None) -> None:
     """docs/robustness.md: the full cells, then the isolate-only ones (benchmarks/isolation_cells.py)."""
     if cells is None:
@@ -191,15 +196,13 @@ def main() -> None:
         cell = next((cell for cell in CELLS if cell["id"] == cell_id), None)
         if cell is None or overrides:
             raise SystemExit(f"--adopt {pair}: {'no such cell (see --list)' if cell is None else 'not with --set'}")
-        result = adopt_cell(cell, Path(directory).resolve(), args.datasets, args.work / commit())
-        (CELL_RESULTS / f"{cell_id}.json").write_text(json.dumps({**result, "key": key}, indent=2, sort_keys=True) + "\n")
+        write_cell(adopt_cell(cell, Path(directory).resolve(), args.datasets, args.work / key["commit"]), key)
     for cell in [] if args.render or args.adopt else chosen:
         cached = CELL_RESULTS / f"{cell['id']}.json"
         if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
             continue
         print(f"== {cell['id']}", file=sys.stderr, flush=True)
-        result = run_cell(cell, overrides, args.datasets, args.work / commit())
-        cached.write_text(json.dumps({**result, "key": key}, indent=2, sort_keys=True) + "\n")
+        write_cell(run_cell(cell, overrides, args.datasets, args.work / key["commit"]), key)
     cells = [json.loads((CELL_RESULTS / f"{cell['id']}.json").read_text()) for cell in CELLS
              if (CELL_RESULTS / f"{cell['id']}.json").is_file()]
     (RESULTS / "robustness.json").write_text(json.dumps({"cells": cells}, indent=2, sort_keys=True) + "\n")
