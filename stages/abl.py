@@ -22,13 +22,14 @@ def abl(params: Params) -> None:
     from ptdefense.models.registry import build_from_spec
     from ptdefense.paths import ABL_ISOLATION, ABL_MODEL, TRAIN_SET, stage_metrics
     from ptdefense.scoring import test_set_scorer
-    from ptdefense.stage import epoch_logger, finish, logged_params, model_spec, setup
+    from ptdefense.stage import epoch_logger, finish, log_inputs, logged_params, model_spec, setup
     from ptdefense.tracking import StageRun
 
     device = setup(params)
     train = ImageSet.load(TRAIN_SET)
     spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
     with StageRun("abl", params, logged_params(params, "model", "abl")) as run:
+        log_inputs(run, train, tests=True)
         torch.manual_seed(params.seed + 4)
         model = build_from_spec(spec)
         scores = test_set_scorer(model, device)
@@ -46,6 +47,7 @@ def abl(params: Params) -> None:
         started = time.perf_counter()
         result = run_abl(model, train, params.abl, device, params.seed + 4, on_epoch_end=phase_logger)
         save_model(model, ABL_MODEL, {**spec, "freeze_layers": 0, "stage": "abl"})
+        run.log_model(model, train.images[:4])
         write_npz(ABL_ISOLATION, isolated_indices=result.isolated.numpy().astype(np.int64),
                   isolation_losses=result.isolation_losses.numpy().astype(np.float32))
         final = {"isolated_count": int(result.isolated.numel()), "wall_seconds": time.perf_counter() - started,

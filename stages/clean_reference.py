@@ -22,7 +22,7 @@ def clean_reference(params: Params) -> None:
     from ptdefense.data.dataset import ImageSet, dataset_info, load_npz
     from ptdefense.models.io import save_model, save_skipped
     from ptdefense.paths import CLEAN_REFERENCE_MODEL, TRAIN_SET, TRUTH, stage_metrics
-    from ptdefense.stage import finish, logged_params, model_spec, setup
+    from ptdefense.stage import finish, log_inputs, logged_params, model_spec, setup
     from ptdefense.tracking import StageRun
     from ptdefense.victim import train_victim
 
@@ -39,8 +39,10 @@ def clean_reference(params: Params) -> None:
             write_json(stage_metrics("clean-reference"), {"skipped": SKIPPED, "wall_seconds": 0.0, "sample_epochs": 0})
             print(f"clean reference skipped: {SKIPPED}", file=sys.stderr)
             return
+        log_inputs(run, train, tests=True)
         model, final, unlogged = train_victim(params, spec, untouched, device, run, "clean reference")
         save_model(model, CLEAN_REFERENCE_MODEL, {**spec, "freeze_layers": 0, "stage": "clean-reference"})
+        run.log_model(model, train.images[:4])
         final["clean_train_count"] = len(untouched)
         finish(run, stage_metrics("clean-reference"), final, {**unlogged, "clean_train_count": len(untouched)},
                [CLEAN_REFERENCE_MODEL])

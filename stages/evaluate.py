@@ -22,13 +22,14 @@ def evaluate(params: Params) -> None:
                                       isolation_scores, write_figures)
     from ptdefense.models.io import load_model, skipped_reason
     from ptdefense.scoring import TestSets, score_model
-    from ptdefense.stage import logged_params, setup
+    from ptdefense.stage import log_inputs, logged_params, setup
     from ptdefense.tracking import StageRun, flatten
     from ptdefense.training import per_sample_loss
 
     device = setup(params)
     with StageRun("evaluate", params, logged_params(params, "attack")) as run:
         train, tests = ImageSet.load(paths.TRAIN_SET), TestSets.load()
+        log_inputs(run, train, tests=True)
         truth_arrays = load_npz(paths.TRUTH, "poison-data", ("poison_indices",))
         truth = torch.from_numpy(truth_arrays["poison_indices"]).long()
         truth_known = bool(truth_arrays.get("known", True))  # False: a scan without data.poison_indices
@@ -71,6 +72,13 @@ def evaluate(params: Params) -> None:
         run.log_pipeline_metrics(flatten(metrics))
         for path in [metrics_path, report, *figures]:
             run.log_artifact(path)
+        if params.mlflow.registered_model:
+            registered = run.tag_registered_model(params.mlflow.registered_model, "finetune", flatten(metrics))
+            if registered:
+                print(f"MLflow: {params.mlflow.registered_model} version {registered['version']} tagged with the "
+                      f"comparison" + (" and now holds the alias best-der" if registered["alias_moved"] else ""),
+                      file=sys.stderr)
+        run.finish_pipeline()
 
 
 if __name__ == "__main__":

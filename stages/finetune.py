@@ -20,7 +20,7 @@ def finetune(params: Params) -> None:
     from ptdefense.models.registry import build_from_spec
     from ptdefense.paths import BACKDOORED_MODEL, DEFENDED_MODEL, ISOLATED, PARTIAL_MODEL, TRAIN_SET, stage_metrics
     from ptdefense.scoring import test_set_scorer
-    from ptdefense.stage import epoch_logger, finish, logged_params, model_spec, not_per_epoch, setup
+    from ptdefense.stage import epoch_logger, finish, log_inputs, logged_params, model_spec, not_per_epoch, setup
     from ptdefense.tracking import StageRun
     from ptdefense.training import FitConfig
 
@@ -30,6 +30,7 @@ def finetune(params: Params) -> None:
     retained, suspects = train.split(isolated)
     spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
     with StageRun("finetune", params, logged_params(params, "finetune")) as run:
+        log_inputs(run, train, tests=True)
         torch.manual_seed(params.seed + 2)
         if params.finetune.init == "scratch":
             model = build_from_spec(spec)
@@ -44,6 +45,7 @@ def finetune(params: Params) -> None:
                                  on_epoch_end=epoch_logger(run, "", test_set_scorer(model, device)))
         save_model(model, DEFENDED_MODEL,
                    {**spec, "freeze_layers": 0, "stage": "finetune", "init": params.finetune.init})
+        run.log_model(model, train.images[:4], registered_name=params.mlflow.registered_model)
         final = {**history[-1], "retained_count": len(retained), "isolated_count": len(suspects),
                  "wall_seconds": time.perf_counter() - started, "sample_epochs": len(history) * len(retained)}
         finish(run, stage_metrics("finetune"), final, not_per_epoch(final, history, evaluated=True),

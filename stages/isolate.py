@@ -21,7 +21,7 @@ def isolate(params: Params) -> None:
     from ptdefense.paths import (ISOLATED, LOSSES_CSV, PARTIAL_MODEL, SUSPECTS_GRID, SUSPECTS_REPORT, TRAIN_SET,
                                  stage_metrics)
     from ptdefense.scanning import plot_suspects, suspects_rows, write_suspects_report
-    from ptdefense.stage import finish, logged_params, setup
+    from ptdefense.stage import finish, log_inputs, logged_params, setup
     from ptdefense.tracking import StageRun, flatten
 
     device = setup(params)
@@ -30,6 +30,7 @@ def isolate(params: Params) -> None:
     model, spec = load_model(PARTIAL_MODEL, "partial-train")
     logged = {**logged_params(params, "isolation"), "freeze_layers": params.freeze_layers}
     with StageRun("isolate", params, logged) as run:
+        log_inputs(run, train)
         started = time.perf_counter()
         result, losses = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
                                          spec.get("width"), spec.get("freeze_layers", 0), device, params.seed + 3)

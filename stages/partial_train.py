@@ -17,7 +17,7 @@ def partial_train(params: Params) -> None:
     from ptdefense.defenses.pt import build_partial_model
     from ptdefense.models.io import save_model
     from ptdefense.paths import PARTIAL_MODEL, TRAIN_SET, stage_metrics
-    from ptdefense.stage import epoch_logger, finish, logged_params, model_spec, not_per_epoch, setup
+    from ptdefense.stage import epoch_logger, finish, log_inputs, logged_params, model_spec, not_per_epoch, setup
     from ptdefense.tracking import StageRun
     from ptdefense.training import FitConfig, fit
 
@@ -26,6 +26,7 @@ def partial_train(params: Params) -> None:
     spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
     logged = {**logged_params(params, "model", "partial"), "freeze_layers": params.freeze_layers}
     with StageRun("partial-train", params, logged) as run:
+        log_inputs(run, train)
         model = build_partial_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"],
                                     params.freeze_layers, params.partial.frozen_bn, train.images, device, params.seed)
         frozen = model.block_names[: params.freeze_layers]

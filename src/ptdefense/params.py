@@ -237,6 +237,8 @@ class MlflowParams(StrictSection):
     experiment_name: Annotated[str, Field(min_length=1, max_length=200)] = "ptdefense"
     # Fail the stage when the tracking store cannot be reached (default: warn in one line).
     required: bool = False
+    # The model registry's name for PT's defended model (null: do not register).
+    registered_model: Annotated[str, Field(min_length=1, max_length=200)] | None = "ptdefense-defended"
 
     @field_validator("tracking_uri")
     @classmethod

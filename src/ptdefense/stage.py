@@ -77,6 +77,27 @@ def not_per_epoch(final: dict, history: list[dict], evaluated: bool = False) -> 
     return {key: value for key, value in final.items() if key not in per_epoch}
 
 
+def log_inputs(run: "StageRun", train=None, tests: bool = False) -> None:
+    """The poisoned training set (when the stage trains on it) and the test sets (when it scores on
+    them) as the run's MLflow dataset inputs."""
+    if not run.active:
+        return
+    import torch
+
+    from ptdefense import paths
+    from ptdefense.data.dataset import ImageSet, load_npz
+
+    if train is not None:
+        run.log_dataset(paths.TRAIN_SET, train.images, train.labels, "training")
+    if tests:
+        clean = ImageSet.load(paths.TEST_CLEAN)
+        run.log_dataset(paths.TEST_CLEAN, clean.images, clean.labels, "evaluation")
+        triggered = load_npz(paths.TEST_TRIGGERED, "poison-data", ("images", "labels"))
+        if len(triggered["labels"]):
+            run.log_dataset(paths.TEST_TRIGGERED, torch.from_numpy(triggered["images"]),
+                            torch.from_numpy(triggered["labels"]), "evaluation")
+
+
 def finish(run: "StageRun", metrics_path: Path, final: dict, logged: dict | None = None,
            artifacts: Iterable[Path] = ()) -> None:
     """Write the stage's metrics JSON, log `logged` (default: all of `final`) and the artifacts to MLflow."""

@@ -6,6 +6,12 @@ params, so two experiments (say freeze_layers 1 against 3) sit side by side in t
 every run also carries the tags `ptdefense.pipeline`, `ptdefense.params_digest` and
 `ptdefense.stage` for filtering.
 
+The experiment carries MLflow 3's `mlflow.experimentKind` tag (`custom_model_development`), so the
+UI opens on its model-training view. The parent run is open from the first stage's start to the end
+of `evaluate`, which closes it and copies the comparison metrics onto it. Training stages log their
+models in MLflow's pytorch flavour (uint8 pixels in, logits out, with a signature and an input
+example) and the datasets they read as dataset inputs, with DVC's md5 of the file as the digest.
+
 Failure policy: a tracking store that cannot be reached must not cost the stage its results. The
 stage's DVC outputs are written regardless; the failure is reported in one line, and
 `mlflow.required: true` turns it into an error instead.
@@ -26,6 +32,7 @@ PIPELINE_TAG = "ptdefense.pipeline"
 DIGEST_TAG = "ptdefense.params_digest"
 STAGE_TAG = "ptdefense.stage"
 ROLE_TAG = "ptdefense.role"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class TrackingError(RuntimeError):
@@ -95,6 +102,7 @@ class StageRun:
         self.active = False
         self.run_id: str | None = None
         self.parent_run_id: str | None = None
+        self.closes_pipeline = False
 
     # -- failure policy --------------------------------------------------------------------------
     def _fail(self, action: str, error: BaseException) -> None:
@@ -140,9 +148,12 @@ class StageRun:
         name = self.params.mlflow.experiment_name
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            experiment_id = client.create_experiment(name, artifact_location=_local_artifact_root(uri))
+            experiment_id = client.create_experiment(name, artifact_location=_local_artifact_root(uri),
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             experiment_id = experiment.experiment_id
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag: open it on training runs
+                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         key = pipeline_key(self.params)
         common_tags = {
             PIPELINE_TAG: key,
@@ -169,9 +180,8 @@ class StageRun:
                                        tags={**common_tags, ROLE_TAG: "pipeline"})
             self.parent_run_id = parent.info.run_id
             flat = {k: ("null" if v is None else v) for k, v in flatten(self.params.model_dump(mode="json")).items()}
-            mlflow.tracking.MlflowClient(uri).log_batch(
-                self.parent_run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in flat.items()])
-            client.set_terminated(self.parent_run_id)
+            client.log_batch(self.parent_run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in flat.items()])
+            # Left open: `evaluate` closes it (finish_pipeline), so its duration spans the pipeline.
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name=self.stage,
             tags={**common_tags, STAGE_TAG: self.stage, ROLE_TAG: "stage", "mlflow.parentRunId": self.parent_run_id},
@@ -186,6 +196,20 @@ class StageRun:
 
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         self._guard("end the run", mlflow.end_run, status=status)
+        if self.parent_run_id and (exc_type is not None or self.closes_pipeline):
+            # Closed after its last stage's run, so that its duration covers every stage. A failed stage
+            # marks it failed; the evaluate of a later, complete run marks it finished.
+            self._guard("close the pipeline's run", self._client().set_terminated, self.parent_run_id,
+                        status if exc_type is not None else "FINISHED")
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri(self.params))
+
+    def finish_pipeline(self) -> None:
+        """Close the pipeline's parent run when this stage's run ends: `evaluate`, the last stage, calls this."""
+        self.closes_pipeline = True
 
     # -- logging ---------------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float | int | None], step: int | None = None) -> None:
@@ -200,9 +224,8 @@ class StageRun:
 
         self._guard("set tags", mlflow.set_tags, dict(tags))
         if on_parent and self.parent_run_id:
-            client = mlflow.tracking.MlflowClient(tracking_uri(self.params))
             for key, value in tags.items():
-                self._guard("tag the pipeline's run", client.set_tag, self.parent_run_id, key, value)
+                self._guard("tag the pipeline's run", self._client().set_tag, self.parent_run_id, key, value)
 
     def log_pipeline_metrics(self, metrics: Mapping[str, float | int | None]) -> None:
         """Copy the headline metrics onto the parent run, so comparing parents shows params and results."""
@@ -215,8 +238,7 @@ class StageRun:
         stamp = int(_time.time() * 1000)
         entries = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        client = mlflow.tracking.MlflowClient(tracking_uri(self.params))
-        self._guard("log the pipeline's metrics", client.log_batch, self.parent_run_id, metrics=entries)
+        self._guard("log the pipeline's metrics", self._client().log_batch, self.parent_run_id, metrics=entries)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow
@@ -226,3 +248,35 @@ class StageRun:
             self._guard("log artifacts", mlflow.log_artifacts, str(path), artifact_path=artifact_path or path.name)
         elif path.is_file():
             self._guard("log an artifact", mlflow.log_artifact, str(path), artifact_path=artifact_path)
+
+    def log_dataset(self, path: str | Path, images, labels, context: str) -> None:
+        """A dataset input of this run: `context` "training" or "evaluation" (model_logging.log_dataset)."""
+        from ptdefense.model_logging import log_dataset
+
+        self._guard("log a dataset input", log_dataset, Path(path), images, labels, context)
+
+    def log_model(self, network, examples, registered_name: str | None = None) -> None:
+        """The trained network as this run's MLflow pytorch model (model_logging.log_model)."""
+        from ptdefense.model_logging import log_model
+
+        self._guard("log the model", log_model, network, examples, registered_name)
+
+    def tag_registered_model(self, name: str, training_stage: str, metrics: Mapping[str, Any]) -> dict | None:
+        """Tag the version that this pipeline's `training_stage` registered under `name` with `metrics`,
+        and move the best-DER alias to it if it beats the holder (model_logging)."""
+        if not self.parent_run_id:
+            return None
+        from ptdefense.model_logging import tag_registered_version
+
+        def tag():
+            client = self._client()
+            runs = client.search_runs(
+                [client.get_run(self.parent_run_id).info.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+                              f"tags.`{STAGE_TAG}` = '{training_stage}'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+            if not runs:  # the stage was cached by DVC: no run of this pipeline registered a version
+                return None
+            return tag_registered_version(client, name, runs[0].info.run_id, dict(metrics), pipeline_key(self.params))
+
+        return self._guard("tag the registered model", tag)
