@@ -13,7 +13,6 @@ the defended model's registry entry.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -38,11 +37,10 @@ class PixelInputModel(nn.Module):
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """DVC's own hash of the file: the md5 that dvc.lock records for it."""
+    from dvc_data.hashfile.hash import file_md5 as dvc_file_md5
+
+    return dvc_file_md5(str(path))
 
 
 def repo_relative(path: Path) -> str:
