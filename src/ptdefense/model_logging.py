@@ -3,7 +3,7 @@ the defended model's registry entry.
 
 - A logged model takes what the DVC datasets hold, uint8 pixels (N, C, H, W), and returns logits;
   `mlflow.pytorch.load_model(uri)(images).argmax(1)` are its predictions. It carries a signature,
-  an input example and this package's code, so it loads where ptdefense is not installed.
+  an input example and this package's code (MLflow's code_paths), which load_model puts on sys.path.
 - A dataset input's digest is DVC's md5 of the file (the one in dvc.lock), and its source the
   file's path in the repository, so a run points at the exact DVC output it read.
 - The defended model is registered under `mlflow.registered_model`. `evaluate` tags the version
