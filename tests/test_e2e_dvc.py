@@ -107,11 +107,25 @@ def test_the_verdict_agrees_with_isolation_and_tags_the_pipeline(workspace, repr
 
 
 def test_plots_show_renders_every_declared_plot(workspace, reproduced):
+    import re
+
+    from PIL import Image
+
     run(["dvc", "plots", "show", "-o", "rendered"], workspace)
     page = (workspace / "rendered/index.html").read_text()
     for plot in ("isolation_precision", "isolation_recall", "clean_accuracy", "attack_success_rate",
                  "loss_histogram.png", "isolation_sweep.png", "methods.png"):
         assert plot in page, plot
+    # The page's images are the tracked PNGs, and they decode (what a browser draws).
+    sources = set(re.findall(r'<img src="([^"]+)"', page))
+    for name in ("loss_histogram.png", "methods.png"):
+        shown = [source for source in sources if source.endswith(f"plots_{name}")]
+        assert shown, (name, sources)
+        rendered = workspace / "rendered" / shown[0]
+        assert rendered.read_bytes() == (workspace / "plots" / name).read_bytes()
+        with Image.open(rendered) as image:
+            image.load()
+            assert min(image.size) > 100
 
 
 def test_status_is_clean_and_metrics_show(workspace, reproduced):
