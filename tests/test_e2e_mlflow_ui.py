@@ -27,16 +27,12 @@ if browser.CHROMIUM is None:
 @pytest.fixture(scope="module")
 def ui(tiny_workspace, tiny_reproduced):
     """The UI on the tiny workspace's store, after making sure it holds two complete pipelines."""
-    store = f"sqlite:///{tiny_workspace / 'mlflow.db'}"
-    with browser.mlflow_ui(store) as base:
+    with browser.mlflow_ui(f"sqlite:///{tiny_workspace / 'mlflow.db'}") as base:
         experiment = browser.experiment_id(base)
-        enough = len(browser.pipeline_runs(base, experiment)) >= 2
-    if not enough:  # run alone: the other e2e modules have not added a second pipeline yet
-        run(["git", "add", "-A"], tiny_workspace)
-        run(["git", "commit", "-qm", "before the browser's second pipeline", "--allow-empty"], tiny_workspace)
-        run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "browser-freeze2"], tiny_workspace)
-    with browser.mlflow_ui(store) as base:
-        experiment = browser.experiment_id(base)
+        if len(browser.pipeline_runs(base, experiment)) < 2:  # run alone: no other module added a second one
+            run(["git", "add", "-A"], tiny_workspace)
+            run(["git", "commit", "-qm", "before the browser's second pipeline", "--allow-empty"], tiny_workspace)
+            run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "browser-freeze2"], tiny_workspace)
         yield base, experiment, browser.pipeline_runs(base, experiment)[:2]
 
 
