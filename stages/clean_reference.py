@@ -42,10 +42,10 @@ def clean_reference(params: Params) -> None:
         log_inputs(run, train, tests=True)
         model, final, unlogged = train_victim(params, spec, untouched, device, run, "clean reference")
         save_model(model, CLEAN_REFERENCE_MODEL, {**spec, "freeze_layers": 0, "stage": "clean-reference"})
-        run.log_model(model, train.images[:4])
         final["clean_train_count"] = len(untouched)
         finish(run, stage_metrics("clean-reference"), final, {**unlogged, "clean_train_count": len(untouched)},
                [CLEAN_REFERENCE_MODEL])
+        run.log_model(model, train.images[:4])
 
 
 if __name__ == "__main__":

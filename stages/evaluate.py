@@ -72,13 +72,7 @@ def evaluate(params: Params) -> None:
         run.log_pipeline_metrics(flatten(metrics))
         for path in [metrics_path, report, *figures]:
             run.log_artifact(path)
-        if params.mlflow.registered_model:
-            registered = run.tag_registered_model(params.mlflow.registered_model, "finetune", flatten(metrics))
-            if registered:
-                print(f"MLflow: {params.mlflow.registered_model} version {registered['version']} tagged with the "
-                      f"comparison" + (" and now holds the alias best-der" if registered["alias_moved"] else ""),
-                      file=sys.stderr)
-        run.finish_pipeline()
+        run.tag_registered_model("finetune", flatten(metrics))
 
 
 if __name__ == "__main__":

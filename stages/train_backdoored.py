@@ -23,8 +23,8 @@ def train_backdoored(params: Params) -> None:
         log_inputs(run, train, tests=True)
         model, final, unlogged = train_victim(params, spec, train, device, run, "backdoored")
         save_model(model, BACKDOORED_MODEL, {**spec, "freeze_layers": 0, "stage": "train-backdoored"})
-        run.log_model(model, train.images[:4])
         finish(run, stage_metrics("train-backdoored"), final, unlogged, [BACKDOORED_MODEL])
+        run.log_model(model, train.images[:4])
 
 
 if __name__ == "__main__":

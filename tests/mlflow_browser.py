@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -26,6 +27,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Root in a container needs --no-sandbox; the virtual time budget lets the page's own requests finish.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
                   "--window-size=1600,1000", "--virtual-time-budget=30000"]
+
+
+def browser_problem() -> str | None:
+    """None when headless Chromium runs here, else what is wrong (Ubuntu's `chromium` can be a snap stub)."""
+    if CHROMIUM is None:
+        return "headless Chromium is not installed (apt-get install chromium)"
+    try:
+        version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"{CHROMIUM} does not run ({error})"
+    return None if version.returncode == 0 and "Chromium" in version.stdout else \
+        f"{CHROMIUM} --version failed ({version.returncode}): {(version.stdout + version.stderr)[-300:]}"
 
 
 def free_port() -> int:
@@ -38,15 +51,17 @@ def free_port() -> int:
 def mlflow_ui(store_uri: str, timeout: float = 180.0):
     """`mlflow ui` on 127.0.0.1 and a free port; yields its base URL once /health answers."""
     port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: an unread pipe fills and stalls the server
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", store_uri,
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"mlflow ui exited ({server.returncode}): {server.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"mlflow ui exited ({server.returncode}): {log.read()[-2000:]}")
             try:
                 if urllib.request.urlopen(f"{base}/health", timeout=5).read() == b"OK":
                     break
@@ -62,6 +77,7 @@ def mlflow_ui(store_uri: str, timeout: float = 180.0):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
 
 
 def rendered_dom(url: str) -> str:
@@ -124,8 +140,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
     parser.add_argument("runs", nargs="*")
     args = parser.parse_args()
-    if CHROMIUM is None:
-        sys.exit("error: headless Chromium not found; install it with apt-get install chromium")
+    if browser_problem():
+        sys.exit(f"error: {browser_problem()}")
     with mlflow_ui(args.store) as base:
         experiment = experiment_id(base)
         run_ids = args.runs or [run["info"]["run_id"] for run in pipeline_runs(base, experiment)[:2]]

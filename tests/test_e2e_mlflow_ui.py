@@ -2,8 +2,8 @@
 
 The runs page lists both pipelines; the compare page of their two parent runs shows both and a
 comparison metric; the evaluate run's artifacts serve the loss histogram and the per-method bars as
-the very PNGs DVC tracks. Chromium is Debian's `chromium` (.ci/run installs it); without it the test
-is skipped, unless PTDEFENSE_REQUIRE_BROWSER=1 (set by CI) makes that a failure."""
+the very PNGs DVC tracks. Chromium is Debian's `chromium` (.ci/run installs it); without a working
+one the tests are skipped, unless PTDEFENSE_REQUIRE_BROWSER=1 (set by CI) makes that a failure."""
 
 from __future__ import annotations
 
@@ -18,22 +18,24 @@ from dvc_workspace import run
 
 pytestmark = pytest.mark.e2e
 
-if browser.CHROMIUM is None:
-    if os.environ.get("PTDEFENSE_REQUIRE_BROWSER") == "1":
-        raise RuntimeError("PTDEFENSE_REQUIRE_BROWSER=1 but headless Chromium is missing: apt-get install chromium")
-    pytest.skip("headless Chromium not installed (apt-get install chromium)", allow_module_level=True)
-
-
 @pytest.fixture(scope="module")
 def ui(tiny_workspace, tiny_reproduced):
     """The UI on the tiny workspace's store, after making sure it holds two complete pipelines."""
+    missing = browser.browser_problem()
+    if missing:
+        if os.environ.get("PTDEFENSE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"PTDEFENSE_REQUIRE_BROWSER=1, but {missing}")
+        pytest.skip(missing)
     with browser.mlflow_ui(f"sqlite:///{tiny_workspace / 'mlflow.db'}") as base:
         experiment = browser.experiment_id(base)
         if len(browser.pipeline_runs(base, experiment)) < 2:  # run alone: no other module added a second one
             run(["git", "add", "-A"], tiny_workspace)
             run(["git", "commit", "-qm", "before the browser's second pipeline", "--allow-empty"], tiny_workspace)
-            run(["dvc", "exp", "run", "-S", "freeze_layers=2", "--name", "browser-freeze2"], tiny_workspace)
-        yield base, experiment, browser.pipeline_runs(base, experiment)[:2]
+            # --temp: the workspace (params, outputs) stays as the other modules expect it
+            run(["dvc", "exp", "run", "--temp", "-S", "freeze_layers=2", "--name", "browser-freeze2"], tiny_workspace)
+        pipelines = browser.pipeline_runs(base, experiment)[:2]
+        assert len(pipelines) == 2, "the store should hold two complete pipelines"
+        yield base, experiment, pipelines
 
 
 def test_the_runs_page_lists_both_pipelines(ui):

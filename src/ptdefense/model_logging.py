@@ -2,13 +2,13 @@
 the defended model's registry entry.
 
 - A logged model takes what the DVC datasets hold, uint8 pixels (N, C, H, W), and returns logits;
-  `mlflow.pytorch.load_model(uri)(images).argmax(1)` are its predictions. It carries a signature,
-  an input example and this package's code (MLflow's code_paths), which load_model puts on sys.path.
+  `mlflow.pytorch.load_model(uri)(images).argmax(1)` are its predictions. It carries a signature
+  and an input example; MLflow 3 saves it with torch.export, so loading it needs no ptdefense code.
 - A dataset input's digest is DVC's md5 of the file (the one in dvc.lock), and its source the
   file's path in the repository, so a run points at the exact DVC output it read.
-- The defended model is registered under `mlflow.registered_model`. `evaluate` tags the version
-  with the pipeline's comparison metrics, and moves the alias `best-der` to it when its DER is the
-  best of the registered versions (DER: the defense effectiveness rating, higher is better).
+- The defended model is registered as `<mlflow.registered_model>-<data.name>-<model.name>`.
+  `evaluate` tags the version with PT's and no defense's comparison metrics, and moves the alias
+  `best-der` to it when no other version has a higher DER (the defense effectiveness rating).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from ptdefense.artifacts import repo_root
 
 BEST_ALIAS = "best-der"
 DER_TAG = "pt.defense_effectiveness_rating"
-PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class PixelInputModel(nn.Module):
@@ -79,7 +78,7 @@ def log_model(network: nn.Module, examples: torch.Tensor, registered_name: str |
     requirements = [f"torch=={torch.__version__.split('+')[0]}",
                     f"torchvision=={torchvision.__version__.split('+')[0]}"]
     return mlflow.pytorch.log_model(served, name="model", signature=infer_signature(examples.numpy(), outputs),
-                                    input_example=examples.numpy(), code_paths=[str(PACKAGE_DIR)],
+                                    input_example=examples.numpy(),
                                     pip_requirements=requirements, registered_model_name=registered_name)
 
 
@@ -89,24 +88,23 @@ def _der(version) -> float | None:
 
 
 def tag_registered_version(client, name: str, training_run_id: str, metrics: dict, pipeline: str) -> dict | None:
-    """Tag the version that `training_run_id` registered with the comparison metrics; give it the
-    best-DER alias if it beats the current holder. Returns {version, alias_moved} or None."""
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{training_run_id}'")
-    if not versions:
+    """Tag the version that `training_run_id` registered with PT's and the baseline's comparison
+    metrics; give it the best-DER alias if no other version has a higher DER (ties: the newest).
+    Returns {version, alias_moved}, or None when that run registered no version."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    mine = [entry for entry in versions if entry.run_id == training_run_id]
+    if not mine:
         return None
-    version = max(versions, key=lambda entry: int(entry.version))
+    version = max(mine, key=lambda entry: int(entry.version))
     tags = {key: str(value) for key, value in metrics.items()
             if key.startswith(("pt.", "no_defense.")) and isinstance(value, (int, float))}
     tags["ptdefense.pipeline"] = pipeline
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
-    mine = None if DER_TAG not in tags else float(tags[DER_TAG])
-    try:
-        holder = client.get_model_version_by_alias(name, BEST_ALIAS)
-    except Exception:  # no version holds the alias yet (MlflowException: RESOURCE_DOES_NOT_EXIST)
-        holder = None
-    best = None if holder is None else _der(holder)
-    moved = mine is not None and (best is None or mine >= best)
+    der = None if DER_TAG not in tags else float(tags[DER_TAG])
+    others = [rating for entry in versions if entry.version != version.version
+              and (rating := _der(entry)) is not None]
+    moved = der is not None and all(der >= rating for rating in others)
     if moved:
         client.set_registered_model_alias(name, BEST_ALIAS, version.version)
     return {"version": int(version.version), "alias_moved": moved}

@@ -237,8 +237,9 @@ class MlflowParams(StrictSection):
     experiment_name: Annotated[str, Field(min_length=1, max_length=200)] = "ptdefense"
     # Fail the stage when the tracking store cannot be reached (default: warn in one line).
     required: bool = False
-    # The model registry's name for PT's defended model (null: do not register).
-    registered_model: Annotated[str, Field(min_length=1, max_length=200)] | None = "ptdefense-defended"
+    # PT's defended model is registered as <this>-<data.name>-<model.name> (null: not registered).
+    registered_model: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")] | None = \
+        "ptdefense-defended"
 
     @field_validator("tracking_uri")
     @classmethod

@@ -102,7 +102,6 @@ class StageRun:
         self.active = False
         self.run_id: str | None = None
         self.parent_run_id: str | None = None
-        self.closes_pipeline = False
 
     # -- failure policy --------------------------------------------------------------------------
     def _fail(self, action: str, error: BaseException) -> None:
@@ -153,7 +152,8 @@ class StageRun:
         else:
             experiment_id = experiment.experiment_id
             if EXPERIMENT_KIND_TAG not in experiment.tags:  # a store made before the tag: open it on training runs
-                client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                self._best_effort("tag the experiment", client.set_experiment_tag, experiment_id,
+                                  EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         key = pipeline_key(self.params)
         common_tags = {
             PIPELINE_TAG: key,
@@ -175,13 +175,15 @@ class StageRun:
         )
         if parents:
             self.parent_run_id = parents[0].info.run_id
+            if parents[0].info.status != "RUNNING":  # reopened while this stage runs; its exit closes it again
+                client.update_run(self.parent_run_id, status="RUNNING")
         else:
             parent = client.create_run(experiment_id, run_name=f"pipeline {key}",
                                        tags={**common_tags, ROLE_TAG: "pipeline"})
             self.parent_run_id = parent.info.run_id
             flat = {k: ("null" if v is None else v) for k, v in flatten(self.params.model_dump(mode="json")).items()}
             client.log_batch(self.parent_run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in flat.items()])
-            # Left open: `evaluate` closes it (finish_pipeline), so its duration spans the pipeline.
+            # Left open: each stage closes it on exit, so it ends with the pipeline's last stage.
         run = mlflow.start_run(
             experiment_id=experiment_id, run_name=self.stage,
             tags={**common_tags, STAGE_TAG: self.stage, ROLE_TAG: "stage", "mlflow.parentRunId": self.parent_run_id},
@@ -196,20 +198,27 @@ class StageRun:
 
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         self._guard("end the run", mlflow.end_run, status=status)
-        if self.parent_run_id and (exc_type is not None or self.closes_pipeline):
-            # Closed after its last stage's run, so that its duration covers every stage. A failed stage
-            # marks it failed; the evaluate of a later, complete run marks it finished.
-            self._guard("close the pipeline's run", self._client().set_terminated, self.parent_run_id,
-                        status if exc_type is not None else "FINISHED")
+        if self.parent_run_id:
+            # Every stage closes the parent with its own status and end time, so the parent's duration runs
+            # from its first stage's start to its last stage's end, whichever stages DVC ran.
+            self._guard("close the pipeline's run", lambda: self._client().set_terminated(self.parent_run_id, status))
 
     def _client(self):
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(tracking_uri(self.params))
 
-    def finish_pipeline(self) -> None:
-        """Close the pipeline's parent run when this stage's run ends: `evaluate`, the last stage, calls this."""
-        self.closes_pipeline = True
+    def _best_effort(self, action: str, function, *args, **kwargs):
+        """For what goes beyond runs, params and metrics (tags, models, datasets, the registry): a failure
+        is one warning line, and the run's logging goes on."""
+        if not self.active:
+            return None
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # a model MLflow cannot export, a registry the server does not offer, ...
+            print(f"WARNING: MLflow: could not {action} ({type(error).__name__}: "
+                  f"{str(error).splitlines()[0][:200] if str(error) else ''}); the stage goes on", file=sys.stderr)
+            return None
 
     # -- logging ---------------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float | int | None], step: int | None = None) -> None:
@@ -225,7 +234,7 @@ class StageRun:
         self._guard("set tags", mlflow.set_tags, dict(tags))
         if on_parent and self.parent_run_id:
             for key, value in tags.items():
-                self._guard("tag the pipeline's run", self._client().set_tag, self.parent_run_id, key, value)
+                self._guard("tag the pipeline's run", lambda: self._client().set_tag(self.parent_run_id, key, value))
 
     def log_pipeline_metrics(self, metrics: Mapping[str, float | int | None]) -> None:
         """Copy the headline metrics onto the parent run, so comparing parents shows params and results."""
@@ -238,7 +247,7 @@ class StageRun:
         stamp = int(_time.time() * 1000)
         entries = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        self._guard("log the pipeline's metrics", self._client().log_batch, self.parent_run_id, metrics=entries)
+        self._guard("log the pipeline's metrics", lambda: self._client().log_batch(self.parent_run_id, metrics=entries))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         import mlflow
@@ -253,18 +262,27 @@ class StageRun:
         """A dataset input of this run: `context` "training" or "evaluation" (model_logging.log_dataset)."""
         from ptdefense.model_logging import log_dataset
 
-        self._guard("log a dataset input", log_dataset, Path(path), images, labels, context)
+        self._best_effort("log a dataset input", log_dataset, Path(path), images, labels, context)
 
-    def log_model(self, network, examples, registered_name: str | None = None) -> None:
-        """The trained network as this run's MLflow pytorch model (model_logging.log_model)."""
+    def registered_model_name(self) -> str | None:
+        """`<mlflow.registered_model>-<data.name>-<model.name>`: every version of a name takes the same
+        kind of input, and DERs are compared on one dataset and architecture."""
+        prefix = self.params.mlflow.registered_model
+        return None if prefix is None else f"{prefix}-{self.params.data.name}-{self.params.model.name}"
+
+    def log_model(self, network, examples, register: bool = False) -> None:
+        """The trained network as this run's MLflow pytorch model (model_logging.log_model), registered
+        under registered_model_name() if `register`."""
         from ptdefense.model_logging import log_model
 
-        self._guard("log the model", log_model, network, examples, registered_name)
+        self._best_effort("log the model", log_model, network, examples,
+                          self.registered_model_name() if register else None)
 
-    def tag_registered_model(self, name: str, training_stage: str, metrics: Mapping[str, Any]) -> dict | None:
-        """Tag the version that this pipeline's `training_stage` registered under `name` with `metrics`,
-        and move the best-DER alias to it if it beats the holder (model_logging)."""
-        if not self.parent_run_id:
+    def tag_registered_model(self, training_stage: str, metrics: Mapping[str, Any]) -> dict | None:
+        """Tag the version that this pipeline's `training_stage` registered with `metrics`, and move the
+        best-DER alias to it if no version has a better DER (model_logging). Prints what it did."""
+        name = self.registered_model_name()
+        if not self.parent_run_id or name is None:
             return None
         from ptdefense.model_logging import tag_registered_version
 
@@ -279,4 +297,8 @@ class StageRun:
                 return None
             return tag_registered_version(client, name, runs[0].info.run_id, dict(metrics), pipeline_key(self.params))
 
-        return self._guard("tag the registered model", tag)
+        registered = self._best_effort("tag the registered model", tag)
+        if registered:
+            print(f"MLflow: {name} version {registered['version']} tagged with the comparison"
+                  + (", and given the alias best-der" if registered["alias_moved"] else ""), file=sys.stderr)
+        return registered
