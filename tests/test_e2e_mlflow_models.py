@@ -45,7 +45,10 @@ client = MlflowClient(sys.argv[1])
 holder = client.get_model_version_by_alias(sys.argv[3], "best-der")
 versions = client.search_model_versions(f"name = '{sys.argv[3]}'")
 model = mlflow.pytorch.load_model(f"models:/{sys.argv[3]}@best-der")
-arrays = np.load(sys.argv[2])
+# The clean test set that version's own run read: its dataset input's digest is DVC's md5, so the
+# file is in DVC's cache (the workspace's copy may belong to another experiment, or be gone).
+digest = {d.dataset.name: d.dataset.digest for d in client.get_run(holder.run_id).inputs.dataset_inputs}["test_clean"]
+arrays = np.load(f"{sys.argv[2]}/.dvc/cache/files/md5/{digest[:2]}/{digest[2:]}")
 with torch.no_grad():
     predictions = model(torch.from_numpy(arrays["images"])).argmax(1).numpy()
 print(json.dumps({"correct": int((predictions == arrays["labels"]).sum()), "total": len(predictions),
@@ -114,8 +117,7 @@ def test_every_trained_model_is_a_logged_mlflow_model(store):
 
 def test_the_registered_defended_model_loads_back_and_scores_as_evaluate_did(tiny_workspace, tiny_reproduced):
     # Registered as <mlflow.registered_model>-<data.name>-<model.name>.
-    scored = _query(tiny_workspace, _SCORE, str(tiny_workspace / "data/poisoned/test_clean.npz"),
-                    "ptdefense-defended-fashion_mnist-resnet_small")
+    scored = _query(tiny_workspace, _SCORE, str(tiny_workspace), "ptdefense-defended-fashion_mnist-resnet_small")
     tags = scored["holder_tags"]
     # evaluate's figure for this version's pipeline, on the same clean test set (every attack keeps it).
     expected = float(tags["pt.clean_accuracy"]) * scored["total"]
