@@ -71,6 +71,19 @@ def test_isolated_samples_mean_poison_found_with_the_test_that_confirmed_them():
     assert "6001" in result["verdict_reason"] and "47/50" in result["verdict_reason"]
 
 
+def test_poison_found_by_the_pooled_test_names_it_and_its_figures_not_a_cleared_candidate():
+    pooled = {"confirmed": True, "reason": "held-out disagreeing samples confidently quarantined 245/2575, "
+                                           "content-matched controls 0/2575, p=1e-80"}
+    cleared = {"confirmed": False, "reason": "cleared: held-out seeds quarantined 3/50, controls 18/300, p=0.4"}
+    result = verdict(details(suspicious_classes=list(range(10)), confirmation={"6": cleared}, pooled_test=pooled),
+                     1975)
+    assert result["verdict"] == POISON_FOUND
+    assert "pooled test" in result["verdict_reason"] and "245/2575" in result["verdict_reason"]
+    assert "3/50" not in result["verdict_reason"]
+    # A pooled test that did not confirm changes nothing: clean statistics stay clean.
+    assert verdict(details(pooled_test={"confirmed": False, "reason": "…"}), 0)["verdict"] == NO_POISON_FOUND
+
+
 def test_the_report_lists_every_statistic_for_every_label():
     report = verdict_markdown(verdict(details(), 0))
     assert "| label | diversity gap z | log spectral ratio z |" in report

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.isolation import isolate_lowest_loss
+from ptdefense.defenses.lowest_loss import isolate_lowest_loss
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.training import EpochCallback, FitConfig, fit, per_sample_loss
 

@@ -7,38 +7,25 @@ Three rules (isolation.method):
   isolated from (defenses/quarantine.py). Seeds come from the frozen prefix's view of content
   (defenses/content.py) or from the label's low-loss mode, so no poison rate is assumed;
 - quarantine: the same, with `seed_ratio` × N lowest-loss seeds shared among the candidates.
+
+With auto and quarantine, when no label is confirmed, the pooled test (defenses/pooled.py) asks
+whether the samples whose content disagrees with their label, across every label, share a
+trigger: poison spread over all labels (all-to-all) leaves no single label to flag.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import content_features, easy_disagreement, neighbour_votes
+from ptdefense.defenses.lowest_loss import Isolation, isolate_lowest_loss  # noqa: F401 (re-exported)
+from ptdefense.defenses.pooled import pooled_test
 from ptdefense.defenses.quarantine import confirm_and_isolate
 from ptdefense.defenses.signs import candidate_labels, label_statistics
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, predict_logits, to_input
-
-
-@dataclass
-class Isolation:
-    isolated: torch.Tensor  # sorted int64 indices of the suspects
-    scores: torch.Tensor  # per-sample suspicion score used for the ranking (higher = more suspicious)
-    details: dict = field(default_factory=dict)
-
-
-def isolate_lowest_loss(losses: torch.Tensor, ratio: float) -> Isolation:
-    """The naive rule: the `ratio` share of samples with the lowest loss, globally."""
-    count = round(ratio * losses.numel())
-    # Stable sort: ties (e.g. losses of exactly 0) are broken by index, so the result is reproducible.
-    order = torch.sort(losses, stable=True).indices
-    isolated = torch.sort(order[:count]).values
-    threshold = float(losses[order[count - 1]]) if count else float("-inf")
-    return Isolation(isolated, -losses, {"loss_threshold": threshold})
 
 
 def logits_and_features(model: BlockNet, images: torch.Tensor, device: torch.device,
@@ -60,12 +47,10 @@ def logits_and_features(model: BlockNet, images: torch.Tensor, device: torch.dev
     return torch.cat(logits), torch.cat(pooled)
 
 
-def signs_and_candidates(model: BlockNet, train: ImageSet, logits: torch.Tensor, features: torch.Tensor,
-                         freeze_layers: int, num_classes: int, flag_z: float,
-                         device: torch.device) -> tuple[dict[int, list[str]], torch.Tensor, dict]:
+def signs_and_candidates(train: ImageSet, logits: torch.Tensor, features: torch.Tensor, votes: torch.Tensor,
+                         num_classes: int, flag_z: float) -> tuple[dict[int, list[str]], torch.Tensor, dict]:
     """The candidates, the easily fitted content-disagreeing samples (seeds), and every statistic and z-score."""
     losses = F.cross_entropy(logits, train.labels, reduction="none")
-    votes = neighbour_votes(content_features(model, train.images, freeze_layers, device), train.labels, num_classes)
     easy, shares = easy_disagreement(votes, losses, train.labels, num_classes)
     statistics = label_statistics(logits, features, train.labels, num_classes, shares)
     candidates, scores = candidate_labels(statistics, flag_z)
@@ -82,25 +67,38 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         return isolate_lowest_loss(losses, settings.ratio), losses
     logits, features = logits_and_features(model, train.images, device, settings.batch_size)
     losses = F.cross_entropy(logits, train.labels, reduction="none")
-    candidates, easy, details = signs_and_candidates(model, train, logits, features, freeze_layers, num_classes,
-                                                     settings.flag_z, device)
-    if not candidates:
-        details.update(suspicious_classes=[], note="no label's statistics stand out: nothing isolated")
-        return Isolation(torch.empty(0, dtype=torch.int64), -losses, details), losses
+    content = content_features(model, train.images, freeze_layers, device)
+    votes = neighbour_votes(content, train.labels, num_classes)
+    candidates, easy, details = signs_and_candidates(train, logits, features, votes, num_classes, settings.flag_z)
     config = FitConfig(epochs=settings.quarantine_epochs, batch_size=settings.train_batch_size,
                        lr=settings.lr, precision=settings.precision, min_steps=settings.min_steps)
-    seed_count = (max(1, round(settings.seed_ratio * len(train) / len(candidates)))
-                  if settings.method == "quarantine" else None)
-    isolated, probability, quarantine = confirm_and_isolate(
-        train, candidates, losses, easy, num_classes, architecture, width, config, device, seed,
-        settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds, settings.confirm_alpha,
-        seed_count)
-    details.update(quarantine)
-    confirmed = quarantine.get("confirmed_classes", [])
-    details["suspicious_classes"] = confirmed
-    details["cleared_classes"] = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed]
-    if not confirmed:
-        details["note"] = "no candidate label passed the held-out quarantine test: nothing isolated"
+    isolated, probability = torch.empty(0, dtype=torch.int64), -losses
+    details["suspicious_classes"] = []
+    if candidates:
+        seed_count = (max(1, round(settings.seed_ratio * len(train) / len(candidates)))
+                      if settings.method == "quarantine" else None)
+        isolated, probability, quarantine = confirm_and_isolate(
+            train, candidates, losses, easy, num_classes, architecture, width, config, device, seed,
+            settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds,
+            settings.confirm_alpha, seed_count)
+        details.update(quarantine)
+        confirmed = quarantine.get("confirmed_classes", [])
+        details["suspicious_classes"] = confirmed
+        details["cleared_classes"] = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed]
+    if details["suspicious_classes"]:
+        return Isolation(isolated, probability, details), losses
+    # No single label confirmed: is the poison spread over all of them?
+    isolated, pooled_probability, pooled = pooled_test(
+        train, content, votes, num_classes, architecture, width, config, device, seed + 101,
+        settings.confirm_alpha / (len(candidates) + 1), settings.quarantine_threshold, settings.quarantine_rounds)
+    details["quarantine_sample_epochs"] = details.get("quarantine_sample_epochs", 0) + pooled.pop("quarantine_sample_epochs")
+    details["pooled_test"] = pooled
+    if pooled["confirmed"]:
+        details["suspicious_classes"] = sorted(set(train.labels[isolated].tolist()))
+        return Isolation(isolated, pooled_probability, details), losses
+    details["note"] = ("no label's statistics stand out, and " if not candidates else
+                       "no candidate label passed the held-out quarantine test, and ") + \
+        "the disagreeing samples pooled over all labels share no trigger: nothing isolated"
     return Isolation(isolated, probability, details), losses
 
 

@@ -13,7 +13,8 @@ probability of 0.13% per label and statistic. Real classes are less exchangeable
 clean set may come out inconclusive; it is called poisoned only when a label passes isolation's
 held-out quarantine test (defenses/quarantine.py), whose null model is stated there.
 
-- poison_found: isolation confirmed a label and isolated samples from it.
+- poison_found: isolation confirmed a label and isolated samples from it, or the pooled test
+  (defenses/pooled.py) found a trigger shared across the labels and isolated its samples.
 - no_poison_found: nothing isolated, no candidate label, and every label's z-score of every
   statistic lies below `clear_z`: no label stands out from the others at all.
 - inconclusive: nothing isolated, yet some label stands out (z ≥ `clear_z`), or a candidate failed
@@ -55,6 +56,11 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
     top_z, top_label, top_statistic = max(ranked, default=(0.0, None, None))
     summary = {"verdict_statistic": top_statistic, "verdict_label": top_label, "verdict_z": top_z,
                "verdict_clear_z": clear_z, "z": scores}
+    pooled = details.get("pooled_test", {})
+    if isolated_count and pooled.get("confirmed"):
+        return {"verdict": POISON_FOUND, **summary,
+                "verdict_reason": f"{isolated_count} samples isolated from label(s) {details.get('suspicious_classes', [])} "
+                                  f"by the pooled test, poison spread over the labels ({pooled['reason']})"}
     if isolated_count:
         confirmed = details.get("suspicious_classes", [])
         tests = details.get("confirmation", {})
