@@ -66,7 +66,8 @@ def isolate_cell(workspace: Path) -> dict:
     scores = isolation_metrics(result.isolated, truth, len(train)) if truth.numel() else {}
     return {"train_size": len(train), "poison_count": int(truth.numel()), "isolated_count": int(result.isolated.numel()),
             **scores, "candidates": result.details.get("candidates", {}),
-            "confirmation": result.details.get("confirmation", {}), "verdict": judged["verdict"],
+            "confirmation": result.details.get("confirmation", {}), "pooled_test": result.details.get("pooled_test"),
+            "verdict": judged["verdict"],
             "verdict_reason": judged["verdict_reason"], "isolate_seconds": seconds}
 
 

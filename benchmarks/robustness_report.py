@@ -74,9 +74,11 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
              "Rendered by `benchmarks/isolation_cells.py` from `benchmarks/results/isolation_cells.json`: the "
              "committed params.yaml, poison-data and partial-train run by DVC, then PT's isolation scored against "
              "the true poison. Candidates: label → the statistics whose z-score reached `isolation.flag_z`; "
-             "test: held-out seeds quarantined / the label's other held-out samples quarantined.", "",
-             "| cell | isolated | precision / recall / FPR (%) | candidates | test per candidate | verdict | "
-             "isolate s | commit |", "|---|---|---|---|---|---|---|---|"]
+             "test: held-out seeds quarantined / the label's other held-out samples quarantined. Pooled test "
+             "(when no label is confirmed): held-out disagreeing samples confidently quarantined / their "
+             "content-matched controls (defenses/pooled.py).", "",
+             "| cell | isolated | precision / recall / FPR (%) | candidates | test per candidate | pooled test | "
+             "verdict | isolate s | commit |", "|---|---|---|---|---|---|---|---|---|"]
     for cell_id in [cell_id for cell_id in order if cell_id in rows]:
         row = rows[cell_id]
         tests = "; ".join(
@@ -85,8 +87,14 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
             f"{' confirmed' if test.get('confirmed') else ' cleared'}"
             for label, test in sorted(row.get("confirmation", {}).items()))
         candidates = "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in sorted(row["candidates"].items()))
+        pooled = row.get("pooled_test") or {}
+        pooled_text = (f"{pooled['held_out_pooled_confident']}/{pooled['held_out_pooled']} vs "
+                       f"{pooled['controls_confident']}/{pooled['controls']}"
+                       f"{' confirmed' if pooled.get('confirmed') else ' cleared'}"
+                       if "held_out_pooled" in pooled else "—" if "pooled_test" in row else "not recorded")
         lines.append(f"| {cell_id} | {row['isolated_count']} | {_pct(row.get('isolation_precision'))} / "
                      f"{_pct(row.get('isolation_recall'))} / {_pct(row.get('isolation_false_positive_rate'))} "
-                     f"| {candidates or '—'} | {tests or '—'} | {row['verdict']} | {row['isolate_seconds']:.0f} "
+                     f"| {candidates or '—'} | {tests or '—'} | {pooled_text} | {row['verdict']} "
+                     f"| {row['isolate_seconds']:.0f} "
                      f"| {row['commit']} |")
     return "\n".join(lines) + "\n"

@@ -57,8 +57,13 @@ def test_the_isolation_table_shows_each_candidate_and_its_test():
                                   "controls_quarantined": 299, "confirmed": True},
                             "8": {"held_out_seeds": 10, "held_out_seeds_quarantined": 7, "controls": 364,
                                   "controls_quarantined": 258, "confirmed": False}},
-           "verdict": "poison_found", "isolate_seconds": 600.0, "commit": "abc"}
+           "pooled_test": None, "verdict": "poison_found", "isolate_seconds": 600.0, "commit": "abc"}
     table = render_isolation({"m": row}, ["m", "n"])
     assert "| m | 499 | 98.20 / 98.00 / 0.20 | 0: content_disagreement; 8: log_spectral_ratio |" in table
     assert "0: 68/71 vs 299/695 confirmed; 8: 7/10 vs 258/364 cleared" in table
     assert "| n |" not in table  # only measured cells
+    assert "258/364 cleared | — | poison_found |" in table  # a label was confirmed: no pooled test
+    pooled = {"held_out_pooled": 6964, "held_out_pooled_confident": 177, "controls": 6964, "controls_confident": 0,
+              "confirmed": True}
+    table = render_isolation({"m": {**row, "confirmation": {}, "pooled_test": pooled}}, ["m"])
+    assert "| — | 177/6964 vs 0/6964 confirmed | poison_found |" in table
