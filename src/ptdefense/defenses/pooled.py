@@ -28,8 +28,8 @@ something that content does not explain.
    | Fashion-MNIST 20k, all-to-all 10% | 2,575 | 731 / 0 | 245 / 0 |
    | MNIST 5k, all-to-all 10% | 450 | 158 / 20 | 63 / 5 |
 
-   (The MNIST controls above 0.9 are poison: triggered samples whose content agrees with their
-   new label.)
+   (23 of the MNIST all-to-all controls were themselves poisoned: triggered samples whose content
+   agrees with their new label.)
 5. If the test rejects, the held-out pooled samples above `SEED_PROBABILITY` seed `rounds`
    rounds of two cross-fitted quarantine models. Each model trains on one random half of the data
    (its seeds relabelled to the quarantine class, its samples outside the pool under their labels;
@@ -44,7 +44,8 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import quarantine_probability, split_halves, train_quarantine
+from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probability, split_halves,
+                                            train_quarantine)
 from ptdefense.training import FitConfig
 
 CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test)
@@ -73,14 +74,11 @@ def matched_controls(features: torch.Tensor, queries: torch.Tensor, eligible: to
 def excess_test(seed_hits: int, seed_count: int, control_hits: int, control_count: int, alpha: float) -> dict:
     """Fisher's exact test (one-sided) that held-out pooled samples are confidently quarantined more
     often than their controls, with the least excess a trigger shows."""
-    from scipy.stats import fisher_exact
-
     result = {"held_out_pooled": seed_count, "held_out_pooled_confident": seed_hits,
               "controls": control_count, "controls_confident": control_hits}
     if seed_count == 0 or control_count == 0:
         return {**result, "p_value": 1.0, "confirmed": False, "reason": "too few disagreeing samples to test"}
-    p_value = float(fisher_exact([[seed_hits, seed_count - seed_hits],
-                                  [control_hits, control_count - control_hits]], alternative="greater")[1])
+    p_value = more_often_p_value(seed_hits, seed_count, control_hits, control_count)
     confirmed = p_value <= alpha and seed_hits - control_hits >= MIN_EXCESS
     reason = (f"held-out disagreeing samples confidently quarantined {seed_hits}/{seed_count}, content-matched "
               f"controls {control_hits}/{control_count}, p={p_value:.2g}"

@@ -94,11 +94,17 @@ def quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: i
     return predict_logits(model, images, device, description="quarantine scores").softmax(1)[:, num_classes]
 
 
+def more_often_p_value(hits: int, count: int, control_hits: int, control_count: int) -> float:
+    """One-sided Fisher exact test: p-value of "hits/count is no larger a share than control_hits/control_count"."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[hits, count - hits], [control_hits, control_count - control_hits]],
+                              alternative="greater")[1])
+
+
 def held_out_test(quarantined: torch.Tensor, held_seeds: torch.Tensor, controls: torch.Tensor,
                   alpha: float) -> dict:
     """Is the held-out half of a label's seeds quarantined more often than its other held-out samples?"""
-    from scipy.stats import fisher_exact
-
     seed_hits, control_hits = int(quarantined[held_seeds].sum()), int(quarantined[controls].sum())
     seed_count, control_count = held_seeds.numel(), controls.numel()
     result = {"held_out_seeds": seed_count, "held_out_seeds_quarantined": seed_hits,
@@ -106,8 +112,7 @@ def held_out_test(quarantined: torch.Tensor, held_seeds: torch.Tensor, controls:
     if seed_count < MIN_HELD_OUT or control_count == 0:
         return {**result, "p_value": 1.0, "confirmed": False,
                 "reason": f"too few held-out seeds ({seed_count} < {MIN_HELD_OUT}) or no controls to test"}
-    p_value = float(fisher_exact([[seed_hits, seed_count - seed_hits],
-                                  [control_hits, control_count - control_hits]], alternative="greater")[1])
+    p_value = more_often_p_value(seed_hits, seed_count, control_hits, control_count)
     majority = seed_hits * 2 > seed_count
     confirmed = p_value <= alpha and majority
     reason = ("confirmed: the held-out seeds share what the quarantine class learnt" if confirmed else
