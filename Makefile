@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stages call `python`: put the project's environment first on PATH for dvc and its stages.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup dataset run test e2e clean-outputs
+.PHONY: setup dataset run test test-fast e2e clean-outputs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ run: dataset
 
 test: dataset
 	$(BIN)/python -m pytest -q
+
+# Day-to-day: everything but the end-to-end tests (marked e2e), which run real dvc pipelines and
+# services. `make test` (the README's command, and CI) runs everything.
+test-fast: dataset
+	$(BIN)/python -m pytest -q -m "not e2e"
 
 clean-outputs:
 	rm -rf data/poisoned data/truth data/isolation data/abl models metrics plots reports

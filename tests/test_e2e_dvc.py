@@ -38,6 +38,7 @@ experiment = client.get_experiment_by_name("ptdefense")
 runs = []
 for run in client.search_runs([experiment.experiment_id], sys.argv[2]):
     runs.append({"run_id": run.info.run_id, "status": run.info.status, "tags": run.data.tags,
+                 "start_time": run.info.start_time, "end_time": run.info.end_time,
                  "params": run.data.params, "metrics": run.data.metrics,
                  "train_loss_steps": [p.step for p in client.get_metric_history(run.info.run_id, "train_loss")]})
 parents = {run["tags"].get("mlflow.parentRunId") for run in runs} - {None}
@@ -272,14 +273,15 @@ def test_bad_params_fail_before_any_work_with_a_clear_message(workspace, reprodu
 
 
 def test_queued_grid_runs_every_combination_into_one_tracking_store(workspace, reproduced):
-    """`dvc exp run --queue -S a=1,2 -S b=x` queues the grid; `dvc queue start` runs it in temporary
-    copies, whose stages log to the workspace's MLflow store, each experiment under its own name."""
+    """`dvc exp run --queue -S a=1,2 -S b=x` queues the grid; `dvc queue start --jobs 2` runs it in two
+    workers at once, in temporary copies, whose stages log to the workspace's one sqlite MLflow store,
+    each experiment under its own name."""
     run(["git", "add", "-A"], workspace)
     run(["git", "commit", "-qm", "before the sweep", "--allow-empty"], workspace)
     queued = run(["dvc", "exp", "run", "--queue", "-S", "freeze_layers=2,3", "-S", "isolation.method=ratio",
                   "-S", "isolation.ratio=0.05"], workspace)
     assert queued.stdout.count("Queued experiment") == 2, queued.stdout
-    run(["dvc", "queue", "start", "--jobs", "1"], workspace)
+    run(["dvc", "queue", "start", "--jobs", "2"], workspace)
 
     def queue_done() -> bool:
         time.sleep(3)  # `dvc queue status` itself takes a second or two; no need to ask more often
@@ -310,3 +312,8 @@ def test_queued_grid_runs_every_combination_into_one_tracking_store(workspace, r
         assert name in by_pipeline, (name, sorted(by_pipeline))
         assert by_pipeline[name]["tags"]["dvc.exp_name"] == name
     assert not list((workspace / ".dvc/tmp/exps").glob("**/mlflow.db"))  # no store left in a temp copy
+    # The two workers ran at the same time: the two experiments' stage runs overlap in time.
+    stages = _mlflow_runs(workspace, "tags.`ptdefense.role` = 'stage'")["runs"]
+    spans = [(min(run["start_time"] for run in stages if run["tags"].get("dvc.exp_name") == name),
+              max(run["end_time"] for run in stages if run["tags"].get("dvc.exp_name") == name)) for name in names]
+    assert len(spans) == 2 and max(start for start, _ in spans) < min(end for _, end in spans), spans

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dvc_workspace import TINY, copy_repo, env, reproducible_state, run, wait_for
+from team_services import free_port, start_mlflow_server, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -121,37 +120,9 @@ def test_resumed_run_finishes_with_the_uninterrupted_results(interrupted, tiny_b
 
 # --- a real MLflow tracking server ----------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(directory: Path) -> tuple[str, subprocess.Popen]:
-    port = _free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-         "--artifacts-destination", str(directory / "artifacts")],
-        cwd=directory, env=env(), stdout=open(directory / "server.log", "w"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_for(healthy, 120, "mlflow server", server)
-    return uri, server
-
-
-def _stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+    """A real `mlflow server` on sqlite, its artifacts in a folder."""
+    return start_mlflow_server(directory, f"sqlite:///{directory / 'mlflow.db'}", str(directory / "artifacts"))
 
 
 _READ_BACK = """
@@ -182,7 +153,7 @@ def test_stages_log_to_a_real_tracking_server(interrupted, tmp_path):
         (tmp_path / "download").mkdir()
         read = run([sys.executable, "-c", _READ_BACK, uri, str(tmp_path / "download")], workspace)
     finally:
-        _stop(server)
+        stop(server)
     runs = json.loads(read.stdout.strip().splitlines()[-1])
     assert set(runs) == {"partial-train", "evaluate"} and all(r["status"] == "FINISHED" for r in runs.values())
     assert runs["partial-train"]["params"]["freeze_layers"] == "3"
@@ -208,10 +179,10 @@ def test_server_dying_midway_costs_no_results(interrupted, tiny_baseline, tmp_pa
                    {"MLFLOW_TRACKING_URI": uri})
     try:
         wait_for(lambda: "[train] epoch 1:" in log.read_text(), 600, "the first epoch", stage)
-        _stop(server)  # the server goes down while the stage trains its second epoch
+        stop(server)  # the server goes down while the stage trains its second epoch
         assert stage.wait(600) == 0, log.read_text()[-3000:]
     finally:
-        _stop(server)
+        stop(server)
         if stage.poll() is None:
             os.killpg(stage.pid, signal.SIGKILL)
     output = log.read_text()
@@ -224,7 +195,7 @@ def test_server_dying_midway_costs_no_results(interrupted, tiny_baseline, tmp_pa
 
 def test_unreachable_server_warns_in_one_line_and_writes_outputs(interrupted, tiny_baseline):
     workspace = interrupted["workspace"]
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     before = (workspace / "metrics/evaluate.json").stat().st_mtime_ns
     result = run(["dvc", "repro", "--force", "--single-item", "evaluate"], workspace,
                  extra_env={"MLFLOW_TRACKING_URI": dead})
@@ -236,7 +207,7 @@ def test_unreachable_server_warns_in_one_line_and_writes_outputs(interrupted, ti
 
 def test_required_tracking_turns_an_unreachable_server_into_an_error(interrupted):
     workspace = interrupted["workspace"]
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     run(["git", "add", "-A"], workspace)  # as a team would: dvc.lock and the metrics in git
     run(["git", "commit", "-qm", "results", "--allow-empty"], workspace)
     params_path = workspace / "params.yaml"
