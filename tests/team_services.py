@@ -30,7 +30,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 within 2 seconds."""
     try:
         return urllib.request.urlopen(url, timeout=2).status == 200
     except OSError:
@@ -77,7 +78,7 @@ def start_s3(directory: Path, bucket: str) -> S3Server:
     process = _spawn([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], directory,
                      directory / "moto.log")
     server = S3Server(f"http://127.0.0.1:{port}", process)
-    wait_for(lambda: _answers(f"{server.endpoint}/moto-api/"), 60, "the S3 server", process)
+    wait_for(lambda: answers(f"{server.endpoint}/moto-api/"), 60, "the S3 server", process)
     server.client().create_bucket(Bucket=bucket)
     return server
 
@@ -141,14 +142,14 @@ def start_postgres(database: str) -> Postgres:
     return cluster
 
 
-def start_mlflow_server(directory: Path, backend_store_uri: str, artifacts_destination: str,
-                        extra_env: dict | None = None, port: int | None = None) -> tuple[str, subprocess.Popen]:
+def start_mlflow_server(directory: Path, backend_store_uri: str,
+                        artifacts_destination: str) -> tuple[str, subprocess.Popen]:
     """`mlflow server` proxying artifacts (clients upload over HTTP, the server writes them on)."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
+    port = free_port()
     server = _spawn([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                      "--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination],
-                    directory, directory / "server.log", extra_env)
+                    directory, directory / "server.log")
     uri = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(f"{uri}/health"), 180, "mlflow server", server)
+    wait_for(lambda: answers(f"{uri}/health"), 180, "mlflow server", server)
     return uri, server

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dvc_workspace import REPO, TINY, copy_repo, env, run, wait_for
-from team_services import S3_CREDENTIALS, free_port, start_postgres, start_s3, stop
+from team_services import S3_CREDENTIALS, answers, free_port, start_postgres, start_s3, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ def team(tmp_path_factory):
     (root / "tracking").mkdir()
     server = _bash(scripts["tracking host"], root / "tracking", variables, root / "tracking.log")
     try:
-        wait_for(lambda: _healthy(variables["TRACKING_URI"]), 180, "the tracking server", server)
+        wait_for(lambda: answers(f"{variables['TRACKING_URI']}/health"), 180, "the tracking server", server)
 
         maintainer = copy_repo(root / "maintainer", TINY)
         run(["dvc", "repro"], maintainer, extra_env={"MLFLOW_TRACKING_URI": variables["TRACKING_URI"]})
@@ -91,15 +91,6 @@ def team(tmp_path_factory):
         stop(server)
         postgres.stop()
         stop(s3.process)
-
-
-def _healthy(uri: str) -> bool:
-    import urllib.request
-
-    try:
-        return urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200
-    except OSError:
-        return False
 
 
 def _clone(team, name: str) -> Path:
