@@ -44,21 +44,26 @@ def set_args(name: str, overrides: list[str]) -> list[str]:
     return [item for arg in args for item in ("-S", arg)]
 
 
+def assign(tree: dict, dotted_key: str, value: object) -> None:
+    """tree[a][b][c] = value for dotted_key "a.b.c", creating sections on the way."""
+    head, _, rest = dotted_key.partition(".")
+    if rest:
+        assign(tree.setdefault(head, {}), rest, value)
+    else:
+        tree[head] = value
+
+
 def check(assignments: list[str]) -> None:
     """Apply the assignments to params.yaml in memory and validate the result with the schema."""
-    from ptdefense.params import Params
+    from ptdefense.params import validate_params
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for assignment in assignments:
         key, _, value = assignment.partition("=")
-        *parents, leaf = key.split(".")
-        node = params
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        assign(params, key, yaml.safe_load(value))
     try:
-        Params.model_validate(params)
-    except Exception as error:  # pydantic's message names the key and the valid values
+        validate_params(params, "params.yaml with the preset's keys")
+    except Exception as error:  # validate_params names each bad key and its valid values
         raise SystemExit(f"error: the preset does not fit params.yaml's schema:\n{error}") from None
 
 

@@ -72,28 +72,26 @@ def test_augmented_training_is_reproducible_and_differs_from_plain_training():
     assert not all(torch.equal(first[key], plain[key]) for key in first)
 
 
-def test_cosine_starts_at_lr_and_anneals_to_zero_without_warm_up():
-    config = FitConfig(epochs=1, batch_size=1, lr=0.01, schedule="cosine")
+def learning_rates(config: FitConfig, steps: int) -> tuple[list[float], float]:
+    """The rate at each of `steps` optimiser steps under config's schedule, and the rate after them."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
-    schedule = learning_rate_schedule(optimizer, config, total_steps=10)
+    schedule = learning_rate_schedule(optimizer, config, total_steps=steps)
     rates = []
-    for _ in range(10):
+    for _ in range(steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
+    return rates, optimizer.param_groups[0]["lr"]
+
+
+def test_cosine_starts_at_lr_and_anneals_to_zero_without_warm_up():
+    rates, final = learning_rates(FitConfig(epochs=1, batch_size=1, lr=0.01, schedule="cosine"), 10)
     assert rates[0] == pytest.approx(0.01) and rates == sorted(rates, reverse=True)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert final == pytest.approx(0.0, abs=1e-12)
 
 
 def test_one_cycle_warms_up_first():
-    config = FitConfig(epochs=1, batch_size=1, lr=0.01)
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
-    schedule = learning_rate_schedule(optimizer, config, total_steps=20)
-    rates = []
-    for _ in range(20):
-        rates.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    rates, _ = learning_rates(FitConfig(epochs=1, batch_size=1, lr=0.01), 20)
     assert rates[0] < 0.01 / 5 and max(rates) == pytest.approx(0.01, rel=0.05)
 
 
