@@ -150,6 +150,11 @@ class OptimiserParams(StrictSection):
     # then learns nothing). 800 leaves every 50k/60k configuration of the docs at its epochs (the
     # tightest, CIFAR-10 WaNet's clean reference on 35,000 images, takes 3 × 274 = 822 steps).
     min_steps: Annotated[int, Field(ge=0, le=10_000_000)] = 800
+    # one_cycle: warm-up then cosine annealing (this project's short budgets); cosine: plain cosine
+    # annealing from lr (BackdoorBench's recipe, presets/backdoorbench-cifar10.yaml).
+    schedule: Literal["one_cycle", "cosine"] = "one_cycle"
+    # crop_flip: pad 4, random crop, random horizontal flip, per sample, from the seeded generator.
+    augment: Literal["none", "crop_flip"] = "none"
 
 
 class OptimParams(OptimiserParams):

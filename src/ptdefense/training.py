@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ptdefense.augment import augment_batch
 from ptdefense.checkpoints import current_scope, fingerprint, load_checkpoint, save_checkpoint
 from ptdefense.data.dataset import ImageSet
 
@@ -39,6 +40,10 @@ class FitConfig:
     # The least number of optimiser steps: on a small set, `epochs` alone would train a handful of
     # steps (3 epochs of 4,000 images at batch 128 are 94), and the model would learn nothing.
     min_steps: int = 0
+    # one_cycle: this project's short budgets (warm-up, then cosine annealing to zero).
+    # cosine: plain cosine annealing from `lr` over all steps (BackdoorBench's recipe, presets/).
+    schedule: str = "one_cycle"
+    augment: str = "none"  # none | crop_flip (augment.py)
 
     def for_samples(self, count: int) -> "FitConfig":
         """This config with `epochs` raised, if needed, so that `count` samples give at least `min_steps`
@@ -139,10 +144,7 @@ def fit(
     optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.momentum > 0)
     steps_per_epoch = max(1, -(-len(train) // config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.15,
-        anneal_strategy="cos", cycle_momentum=False,
-    )
+    scheduler = learning_rate_schedule(optimizer, config, config.epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
     checkpoint, start_epoch = _resume(model, train, config, seed, description, suppress, suppress_weight,
@@ -151,7 +153,7 @@ def fit(
     # are computed once (suppression, used only with nothing frozen, keeps the plain path). It pays
     # from two epochs on (building the cache costs about one epoch of the prefix's forward passes).
     cached = frozen_feature_cache(model, train.images, config.precision, device, memory_format) \
-        if suppress is None and config.epochs - start_epoch >= 2 else None
+        if suppress is None and config.augment == "none" and config.epochs - start_epoch >= 2 else None
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
@@ -162,7 +164,7 @@ def fit(
                        leave=False, mininterval=2.0, disable=None)
         for step in batches:
             index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            images, labels = train.images[index], train.labels[index].to(device)
+            images, labels = augment_batch(train.images[index], config.augment, generator), train.labels[index].to(device)
             chosen = None
             if suppress_order is not None:
                 # Cycle through the suspects, a few per step in proportion to their share, in the same
@@ -208,6 +210,16 @@ def fit(
         if on_epoch_end is not None:
             on_epoch_end(epoch, stats)
     return history
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, config: FitConfig, total_steps: int):
+    """The per-step learning-rate schedule that `config.schedule` names."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.schedule != "one_cycle":
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: one_cycle, cosine")
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=0.15,
+                                               anneal_strategy="cos", cycle_momentum=False)
 
 
 # The most memory the frozen prefix's cached features may take (default run, freeze_layers=3: 718 MiB;

@@ -49,7 +49,7 @@ def run_abl(model: BlockNet, train: ImageSet, settings, device: torch.device, se
             on_epoch_end: Callable[[str], EpochCallback | None] = lambda phase: None) -> ABLResult:
     """Train `model` (fresh) with ABL on `train`; `settings` is params.abl."""
     optimiser = dict(batch_size=settings.batch_size, momentum=settings.momentum, weight_decay=settings.weight_decay,
-                     precision=settings.precision)
+                     precision=settings.precision, schedule=settings.schedule, augment=settings.augment)
     floor = dict(min_steps=settings.min_steps)  # isolation and retraining; unlearning keeps ABL's 5 short epochs
     history = {}
     history["isolation"] = fit(model, train, FitConfig(epochs=settings.isolation_epochs, lr=settings.lr, **optimiser, **floor),
