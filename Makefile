@@ -31,7 +31,7 @@ run: dataset
 	@echo "      and every stage's run in MLflow: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: dataset
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # Day-to-day: everything but the end-to-end tests (marked e2e), which run real dvc pipelines and
 # services. `make test` (the README's command, and CI) runs everything.
