@@ -18,9 +18,10 @@
    effect a trigger has. A label that passes is confirmed; one that fails is cleared, with its
    figures, and the verdict says "inconclusive" rather than "clean".
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
-   later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds, the
-   anchors under their label and the other labels' samples, holding out the rest of the confirmed
-   labels, where the residual poison hides.
+   later round retrains with the previous round's isolated samples as seeds, the anchors under
+   their label and the other labels' samples, holding out the rest of the confirmed labels, where
+   the residual poison hides; rounds run until the set is stable, at most `rounds` in all
+   (defenses/rounds.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
+from ptdefense.defenses.rounds import refine_until_stable
 from ptdefense.defenses.signs import CONTENT_STATISTICS
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
@@ -182,14 +184,23 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     in_confirmed = torch.isin(labels, torch.tensor(confirmed, dtype=torch.int64))
     isolated = torch.nonzero(in_confirmed & quarantined).flatten()
     confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else seeds_a[:0]
-    for round_index in range(1, rounds if confirmed else 1):
+    latest = {"model": model}
+
+    def refine(previous: torch.Tensor, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out.
-        model, sample_epochs = train_quarantine(train, isolated, confirmed_anchors, in_confirmed, num_classes,
-                                                architecture, width, config, device, seed + round_index)
-        details["seed_count"].append(int(isolated.numel()))
+        latest["model"], sample_epochs = train_quarantine(train, previous, confirmed_anchors, in_confirmed, num_classes,
+                                                          architecture, width, config, device, seed + round_index)
+        details["seed_count"].append(int(previous.numel()))
         details["quarantine_sample_epochs"] += sample_epochs
-        probability[in_confirmed] = quarantine_probability(model, train.images[in_confirmed], num_classes, device)
-        isolated = torch.nonzero(in_confirmed & (probability > threshold)).flatten()
+        probability[in_confirmed] = quarantine_probability(latest["model"], train.images[in_confirmed], num_classes,
+                                                           device)
+        return torch.nonzero(in_confirmed & (probability > threshold)).flatten(), probability
+
+    details["round_sizes"] = [int(isolated.numel())]
+    if confirmed:
+        isolated, _, sizes = refine_until_stable(isolated, probability, refine, 1, rounds)
+        details["round_sizes"] += sizes
+    model = latest["model"]
     probability[~in_candidates] = quarantine_probability(model, train.images[~in_candidates], num_classes, device)
     details["confirmed_classes"] = confirmed
     return isolated, probability, details
