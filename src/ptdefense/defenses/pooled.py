@@ -45,9 +45,9 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probability, split_halves,
-                                            train_quarantine)
+from ptdefense.defenses.quarantine import quarantine_probability, split_halves, train_quarantine
 from ptdefense.defenses.rounds import refine_until_stable
+from ptdefense.defenses.stats import more_often_p_value
 from ptdefense.training import FitConfig
 
 CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test)
@@ -145,5 +145,7 @@ def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, nu
         details["quarantine_sample_epochs"] += sample_epochs
         return torch.nonzero(refined > threshold).flatten(), refined
 
-    isolated, probability, details["round_sizes"] = refine_until_stable(seeds, probability, refine, 0, max(1, rounds))
+    everyone = torch.ones(labels.numel(), dtype=torch.bool)
+    isolated, probability, details["rounds"] = refine_until_stable(seeds, probability, refine, 0, max(1, rounds),
+                                                                   everyone, disagrees)
     return isolated, probability, details
