@@ -67,7 +67,7 @@ def isolate_cell(workspace: Path) -> dict:
     return {"train_size": len(train), "poison_count": int(truth.numel()), "isolated_count": int(result.isolated.numel()),
             **scores, "candidates": result.details.get("candidates", {}),
             "confirmation": result.details.get("confirmation", {}), "pooled_test": result.details.get("pooled_test"),
-            "verdict": judged["verdict"],
+            "rounds": result.details.get("rounds"), "verdict": judged["verdict"],
             "verdict_reason": judged["verdict_reason"], "isolate_seconds": seconds}
 
 
@@ -76,12 +76,16 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", required=True, help="glob patterns of cell ids (robustness.py --list)")
     parser.add_argument("--work", type=Path, default=Path("~/.cache/ptdefense/isolation-cells").expanduser())
     parser.add_argument("--datasets", type=Path, default=Path("~/.cache/ptdefense/datasets").expanduser())
+    parser.add_argument("--partial-from", metavar="COMMIT",
+                        help="reuse the partial models trained by this earlier commit's run of the cells (valid while "
+                             "partial-train's code and params are unchanged: a change to isolation only)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for cell in [cell for cell in CELLS if any(fnmatch.fnmatch(cell["id"], pattern) for pattern in args.cells)]:
         print(f"== {cell['id']}", file=sys.stderr, flush=True)
-        workspace = partial_workspace(cell, args.work / commit(), args.datasets)
-        results[cell["id"]] = {"commit": commit(), **isolate_cell(workspace)}
+        workspace = partial_workspace(cell, args.work / (args.partial_from or commit()), args.datasets)
+        reused = {"partial_from": args.partial_from} if args.partial_from else {}
+        results[cell["id"]] = {"commit": commit(), **reused, **isolate_cell(workspace)}
         row = results[cell["id"]]
         print(json.dumps({key: row.get(key) for key in ("isolated_count", "isolation_precision", "isolation_recall",
                                                          "isolation_false_positive_rate", "verdict")}), flush=True)
