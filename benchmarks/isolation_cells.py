@@ -44,7 +44,9 @@ def partial_workspace(cell: dict, work: Path, datasets: Path) -> Path:
     return workspace
 
 
-def isolate_cell(workspace: Path) -> dict:
+def isolate_cell(workspace: Path, current_isolation: bool = False) -> dict:
+    """PT's isolation on the workspace's partial model, scored; with the isolation and verdict
+    params of this checkout's params.yaml when `current_isolation` (a workspace of an earlier commit)."""
     import torch
 
     from ptdefense.data.dataset import ImageSet
@@ -55,6 +57,9 @@ def isolate_cell(workspace: Path) -> dict:
     from ptdefense.params import load_params
 
     params = load_params(workspace / "params.yaml")
+    if current_isolation:
+        current = load_params(ROOT / "params.yaml")
+        params = params.model_copy(update={"isolation": current.isolation, "verdict": current.verdict})
     train = ImageSet.load(workspace / "data" / "poisoned" / "train.npz")
     truth = torch.from_numpy(np.load(workspace / "data" / "truth" / "poison_indices.npz")["poison_indices"]).long()
     model, spec = load_model(workspace / "models" / "partial", "partial-train")
@@ -85,7 +90,7 @@ def main() -> None:
         print(f"== {cell['id']}", file=sys.stderr, flush=True)
         workspace = partial_workspace(cell, args.work / (args.partial_from or commit()), args.datasets)
         reused = {"partial_from": args.partial_from} if args.partial_from else {}
-        results[cell["id"]] = {"commit": commit(), **reused, **isolate_cell(workspace)}
+        results[cell["id"]] = {"commit": commit(), **reused, **isolate_cell(workspace, bool(args.partial_from))}
         row = results[cell["id"]]
         print(json.dumps({key: row.get(key) for key in ("isolated_count", "isolation_precision", "isolation_recall",
                                                          "isolation_false_positive_rate", "verdict")}), flush=True)
