@@ -209,7 +209,7 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     # test confirms it at any p-value (alpha 1) once most held-out seeds are quarantined.
     isolated, scores, details = quarantine.confirm_and_isolate(
         train, {0: ["diversity_gap"]}, losses, torch.zeros(480, dtype=torch.bool), 4, "resnet_small", 4, config, CPU,
-        0, 0.99, threshold, rounds=2, alpha=1.0, disagrees=torch.zeros(480, dtype=torch.bool), seed_count=30)
+        0, 0.99, threshold, rounds=2, alpha=1.0, seed_count=30)
     assert details["confirmed_classes"] == [0], details["confirmation"]
     assert len(round_models) == 2
     in_suspicious = labels == 0

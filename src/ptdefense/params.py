@@ -191,9 +191,8 @@ class IsolationParams(StrictSection):
     # The held-out quarantine test's level, shared (Bonferroni) among the candidate labels.
     confirm_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     quarantine_epochs: PositiveInt = 3
-    # At most this many rounds of quarantine training; each later round seeds with the previous round's
-    # isolated set, and they stop once a round changes the set by at most 1% (defenses/rounds.py).
-    quarantine_rounds: Annotated[int, Field(ge=1, le=10)] = 5
+    # Rounds of quarantine training; each later round seeds with the previous round's isolated set.
+    quarantine_rounds: Annotated[int, Field(ge=1, le=10)] = 2
     quarantine_threshold: Ratio = 0.1
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128

@@ -30,9 +30,8 @@ something that content does not explain.
 
    (23 of the MNIST all-to-all controls were themselves poisoned: triggered samples whose content
    agrees with their new label.)
-5. If the test rejects, the held-out pooled samples above `SEED_PROBABILITY` seed rounds of two
-   cross-fitted quarantine models, until the isolated set is stable, at most `rounds`
-   (defenses/rounds.py). Each model trains on one random half of the data
+5. If the test rejects, the held-out pooled samples above `SEED_PROBABILITY` seed `rounds`
+   rounds of two cross-fitted quarantine models. Each model trains on one random half of the data
    (its seeds relabelled to the quarantine class, its samples outside the pool under their labels;
    the pool's other samples are left out, since most poison is there and would teach the trigger
    its poisoned labels) and scores the other half, so that no sample is scored by a model that
@@ -45,9 +44,8 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import quarantine_probability, split_halves, train_quarantine
-from ptdefense.defenses.rounds import refine_until_stable
-from ptdefense.defenses.stats import more_often_p_value
+from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probability, split_halves,
+                                            train_quarantine)
 from ptdefense.training import FitConfig
 
 CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test)
@@ -109,7 +107,7 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, pool: torch.T
 
 def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, num_classes: int, architecture: str,
                 width: int | None, config: FitConfig, device: torch.device, seed: int, alpha: float,
-                threshold: float, rounds: int = 5) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                threshold: float, rounds: int = 2) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Steps 1 to 5 of the module's story: (isolated indices, quarantine probability, details)."""
     labels = train.labels
     disagrees = votes.argmax(1) != labels
@@ -137,15 +135,10 @@ def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, nu
         return labels[:0], probability, details
     seeds = half_b[probability[half_b] > SEED_PROBABILITY]
     details["seed_count"] = []
-
-    def refine(previous: torch.Tensor, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        details["seed_count"].append(int(previous.numel()))
-        refined, sample_epochs = cross_fitted_probability(train, previous, disagrees, num_classes, architecture,
-                                                          width, config, device, seed + 2 * round_index + 1)
+    for round_index in range(max(1, rounds)):
+        details["seed_count"].append(int(seeds.numel()))
+        probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees, num_classes, architecture,
+                                                              width, config, device, seed + 2 * round_index + 1)
         details["quarantine_sample_epochs"] += sample_epochs
-        return torch.nonzero(refined > threshold).flatten(), refined
-
-    everyone = torch.ones(labels.numel(), dtype=torch.bool)
-    isolated, probability, details["rounds"] = refine_until_stable(seeds, probability, refine, 0, max(1, rounds),
-                                                                   everyone, disagrees)
-    return isolated, probability, details
+        seeds = torch.nonzero(probability > threshold).flatten()
+    return seeds, probability, details

@@ -18,10 +18,9 @@
    effect a trigger has. A label that passes is confirmed; one that fails is cleared, with its
    figures, and the verdict says "inconclusive" rather than "clean".
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
-   later round retrains with the previous round's isolated samples as seeds, the anchors under
-   their label and the other labels' samples, holding out the rest of the confirmed labels, where
-   the residual poison hides; rounds run until the set is stable, at most `rounds` in all
-   (defenses/rounds.py).
+   later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds, the
+   anchors under their label and the other labels' samples, holding out the rest of the confirmed
+   labels, where the residual poison hides.
 """
 
 from __future__ import annotations
@@ -29,8 +28,6 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.rounds import refine_until_stable
-from ptdefense.defenses.stats import more_often_p_value
 from ptdefense.defenses.signs import CONTENT_STATISTICS
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
@@ -97,6 +94,14 @@ def quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: i
     return predict_logits(model, images, device, description="quarantine scores").softmax(1)[:, num_classes]
 
 
+def more_often_p_value(hits: int, count: int, control_hits: int, control_count: int) -> float:
+    """One-sided Fisher exact test: p-value of "hits/count is no larger a share than control_hits/control_count"."""
+    from scipy.stats import fisher_exact
+
+    return float(fisher_exact([[hits, count - hits], [control_hits, control_count - control_hits]],
+                              alternative="greater")[1])
+
+
 def held_out_test(quarantined: torch.Tensor, held_seeds: torch.Tensor, controls: torch.Tensor,
                   alpha: float) -> dict:
     """Is the held-out half of a label's seeds quarantined more often than its other held-out samples?"""
@@ -137,7 +142,7 @@ def split_halves(indices: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.
 def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losses: torch.Tensor,
                         easy: torch.Tensor, num_classes: int, architecture: str, width: int | None,
                         config: FitConfig, device: torch.device, seed: int, seed_confidence: float,
-                        threshold: float, rounds: int, alpha: float, disagrees: torch.Tensor,
+                        threshold: float, rounds: int, alpha: float,
                         seed_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Steps 2 to 4 of the module's story: (isolated indices, quarantine probability per sample, details)."""
     labels = train.labels
@@ -177,25 +182,14 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     in_confirmed = torch.isin(labels, torch.tensor(confirmed, dtype=torch.int64))
     isolated = torch.nonzero(in_confirmed & quarantined).flatten()
     confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else seeds_a[:0]
-    models = [model]  # one per round; the last round kept scores the other samples below
-
-    def refine(previous: torch.Tensor, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    for round_index in range(1, rounds if confirmed else 1):
         # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out.
-        refined_model, sample_epochs = train_quarantine(train, previous, confirmed_anchors, in_confirmed, num_classes,
-                                                        architecture, width, config, device, seed + round_index)
-        models.append(refined_model)
-        details["seed_count"].append(int(previous.numel()))
+        model, sample_epochs = train_quarantine(train, isolated, confirmed_anchors, in_confirmed, num_classes,
+                                                architecture, width, config, device, seed + round_index)
+        details["seed_count"].append(int(isolated.numel()))
         details["quarantine_sample_epochs"] += sample_epochs
-        probability[in_confirmed] = quarantine_probability(refined_model, train.images[in_confirmed], num_classes,
-                                                           device)
-        return torch.nonzero(in_confirmed & (probability > threshold)).flatten(), probability
-
-    details["rounds"] = [{"size": int(isolated.numel()), "kept": True}]
-    if confirmed:
-        isolated, probability, later = refine_until_stable(isolated, probability, refine, 1, rounds, in_confirmed,
-                                                           disagrees)
-        details["rounds"] += later
-    model = models[sum(record["kept"] for record in details["rounds"]) - 1]
+        probability[in_confirmed] = quarantine_probability(model, train.images[in_confirmed], num_classes, device)
+        isolated = torch.nonzero(in_confirmed & (probability > threshold)).flatten()
     probability[~in_candidates] = quarantine_probability(model, train.images[~in_candidates], num_classes, device)
     details["confirmed_classes"] = confirmed
     return isolated, probability, details
