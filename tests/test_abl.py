@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -11,6 +9,7 @@ from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.abl import gradient_ascent, held_loss, run_abl
 from ptdefense.metrics import isolation_metrics
 from ptdefense.models.registry import build_model
+from ptdefense.params import AblParams
 from ptdefense.training import FitConfig, fit, per_sample_loss
 
 CPU = torch.device("cpu")
@@ -50,12 +49,13 @@ def _backdoored_noise(count: int = 640, poison_every: int = 10, seed: int = 0) -
     return ImageSet(images, labels), poison
 
 
-def _abl_settings(**overrides):
+def _abl_settings(**overrides) -> AblParams:
+    """params.abl through its schema, so that a field the stage passes and the test forgot fails here."""
     settings = dict(loss="lga", gamma=0.5, isolation_epochs=3, isolation_ratio=0.05, retrain_epochs=1,
                     unlearn_epochs=1, unlearn_lr=5e-4, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
                     precision="fp32", min_steps=0)
     settings.update(overrides)
-    return SimpleNamespace(**settings)
+    return AblParams(**settings)
 
 
 def test_abl_isolates_its_ratio_of_lowest_loss_samples_and_they_are_poison():
