@@ -72,7 +72,7 @@ def isolate_cell(workspace: Path, current_isolation: bool = False) -> dict:
     return {"train_size": len(train), "poison_count": int(truth.numel()), "isolated_count": int(result.isolated.numel()),
             **scores, "candidates": result.details.get("candidates", {}),
             "confirmation": result.details.get("confirmation", {}), "pooled_test": result.details.get("pooled_test"),
-            "rounds": result.details.get("rounds"), "verdict": judged["verdict"],
+            "verdict": judged["verdict"],
             "verdict_reason": judged["verdict_reason"], "isolate_seconds": seconds}
 
 
