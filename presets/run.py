@@ -22,17 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def set_args(name: str, overrides: list[str]) -> list[str]:
+    from ptdefense.tracking import flatten  # the same dotted keys the stages log to MLflow
+
     path = ROOT / "presets" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (ROOT / "presets").glob("*.yaml"))
