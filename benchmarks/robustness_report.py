@@ -96,5 +96,8 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
                      f"{_pct(row.get('isolation_recall'))} / {_pct(row.get('isolation_false_positive_rate'))} "
                      f"| {candidates or '—'} | {tests or '—'} | {pooled_text} | {row['verdict']} "
                      f"| {row['isolate_seconds']:.0f} "
-                     f"| {row['commit']} |")
+                     f"| {row['commit']}{'*' if row.get('variant') else ''} |")
+    variants = sorted({row["variant"] for row in rows.values() if row.get("variant")})
+    if variants:
+        lines += ["", "\\* Measured with a variant of the isolation, not on main: " + "; ".join(variants) + "."]
     return "\n".join(lines) + "\n"
