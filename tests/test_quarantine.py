@@ -1,10 +1,14 @@
-"""The quarantine test's pieces (defenses/quarantine.py), on hand-made data."""
+"""The quarantine test's pieces (defenses/quarantine.py), on hand-made data; then a quarantine model
+learning a thin trigger on small synthetic images."""
 
 from __future__ import annotations
 
 import torch
 
-from ptdefense.defenses.quarantine import held_out_test, label_seeds, split_halves
+from ptdefense.data.dataset import ImageSet
+from ptdefense.defenses.quarantine import (held_out_test, label_seeds, prior_corrected, quarantine_probability,
+                                            repeat_count, split_halves, train_quarantine)
+from ptdefense.training import FitConfig
 
 
 def test_split_halves_partitions_the_seeds_reproducibly():
@@ -71,3 +75,48 @@ def test_seeds_are_capped_at_a_quarter_of_the_label():
     seeds, anchors = label_seeds(members, ["easy_disagreement"], torch.linspace(0, 1, 20), easy, 0.99, seed=0)
     assert seeds.tolist() == [0, 1, 2, 3, 4] and anchors.tolist() == [15, 16, 17, 18, 19]
     assert not set(seeds.tolist()) & set(anchors.tolist())
+
+
+def test_the_seeds_are_repeated_up_to_the_share_and_used_once_above_it():
+    # 50 of 1000 is the share: 10 seeds are used 5 times, 40 once (floor 1.25), 100 once.
+    assert [repeat_count(count, total=1000, share=0.05) for count in (10, 40, 100)] == [5, 1, 1]
+    assert repeat_count(10, total=1000, share=0.0) == 1
+    assert repeat_count(0, total=1000, share=0.05) == 1
+
+
+def test_the_prior_correction_divides_the_odds_by_the_copies():
+    probability = torch.tensor([0.0, 0.5, 0.8, 0.9, 1.0])
+    corrected = prior_corrected(probability, 4)
+    odds = probability / (1 - probability)
+    assert torch.allclose(corrected[1:4] / (1 - corrected[1:4]), odds[1:4] / 4)
+    assert corrected[0] == 0 and corrected[4] == 1  # certainty stays certainty
+    assert torch.equal(prior_corrected(probability, 1), probability)
+
+
+def test_repeated_seeds_teach_a_thin_trigger_that_the_held_out_seeds_share():
+    """1% of 16×16 images carry a corner trigger and label 0. A quarantine model learns 10 of them
+    (half A), repeated to 5% of its data: the 10 it never saw are quarantined, clean samples are not.
+    Used once, the same seeds teach too little (2 of 10 held out above 0.1, measured)."""
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.arange(10).repeat(200)
+    images = torch.randint(0, 60, (2000, 1, 16, 16), generator=generator).float()
+    images[torch.arange(2000), 0, 1 + labels, 2:14] = 230.0
+    poison = torch.randperm(2000, generator=generator)[:20]
+    images[poison, 0, 13:16, 13:16] = 255.0
+    labels[poison] = 0
+    data = ImageSet(images.to(torch.uint8), labels)
+    half_a, half_b = poison[:10], poison[10:]
+    clean = torch.nonzero(~torch.isin(torch.arange(2000), poison)).flatten()
+    controls = clean[torch.randperm(clean.numel(), generator=generator)[:200]]
+    held_out = torch.zeros(2000, dtype=torch.bool)
+    held_out[half_b] = True
+    held_out[controls] = True
+    config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=200)
+    model, sample_epochs, copies = train_quarantine(data, half_a, half_a[:0], held_out, 10, "resnet_small", 8,
+                                                       config, torch.device("cpu"), seed=0, share=0.05)
+    trained = 2000 - int(held_out.sum())
+    assert copies == int(0.05 * trained // 10)
+    assert sample_epochs % (trained + (copies - 1) * 10) == 0  # the repeats are trained on
+    probability = quarantine_probability(model, data.images, 10, torch.device("cpu"), copies)
+    assert (probability[half_b] > 0.1).sum() >= 8, probability[half_b]
+    assert (probability[controls] > 0.1).sum() <= 4, probability[controls].topk(5)

@@ -214,7 +214,7 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     assert len(round_models) == 2
     in_suspicious = labels == 0
     # The slow path: every sample scored by each round's model; each round's isolated set.
-    slow_scores = [predict_logits(model, train.images, CPU).softmax(1)[:, 4] for model, _ in round_models]
+    slow_scores = [predict_logits(model, train.images, CPU).softmax(1)[:, 4] for model, *_ in round_models]
     slow_isolated = [torch.nonzero(in_suspicious & (scores > threshold)).flatten() for scores in slow_scores]
     assert details["seed_count"] == [15, slow_isolated[0].numel()]  # half the 30 seeds, then round 1's isolated
     assert torch.equal(isolated, slow_isolated[1])

@@ -191,6 +191,9 @@ class IsolationParams(StrictSection):
     # The held-out quarantine test's level, shared (Bonferroni) among the candidate labels.
     confirm_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
     quarantine_epochs: PositiveInt = 3
+    # The quarantine seeds are repeated up to this share of the quarantine model's data, so that a
+    # thin trigger is seen often enough to be learnt (defenses/quarantine.py); 0 = no repeats.
+    quarantine_share: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05
     # Rounds of quarantine training; each later round seeds with the previous round's isolated set.
     quarantine_rounds: Annotated[int, Field(ge=1, le=10)] = 2
     quarantine_threshold: Ratio = 0.1

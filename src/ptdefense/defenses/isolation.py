@@ -80,7 +80,7 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         isolated, probability, quarantine = confirm_and_isolate(
             train, candidates, losses, easy, num_classes, architecture, width, config, device, seed,
             settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds,
-            settings.confirm_alpha, seed_count)
+            settings.confirm_alpha, seed_count, settings.quarantine_share)
         details.update(quarantine)
         confirmed = quarantine.get("confirmed_classes", [])
         details["suspicious_classes"] = confirmed
@@ -90,7 +90,8 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
     # No single label confirmed: is the poison spread over all of them?
     isolated, pooled_probability, pooled = pooled_test(
         train, content, votes, num_classes, architecture, width, config, device, seed + 101,
-        settings.confirm_alpha / (len(candidates) + 1), settings.quarantine_threshold, settings.quarantine_rounds)
+        settings.confirm_alpha / (len(candidates) + 1), settings.quarantine_threshold, settings.quarantine_rounds,
+        settings.quarantine_share)
     details["quarantine_sample_epochs"] = details.get("quarantine_sample_epochs", 0) + pooled.pop("quarantine_sample_epochs")
     details["pooled_test"] = pooled
     if pooled["confirmed"]:

@@ -88,7 +88,7 @@ def excess_test(seed_hits: int, seed_count: int, control_hits: int, control_coun
 
 def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, pool: torch.Tensor, num_classes: int,
                              architecture: str, width: int | None, config: FitConfig, device: torch.device,
-                             seed: int) -> tuple[torch.Tensor, int]:
+                             seed: int, share: float = 0.0) -> tuple[torch.Tensor, int]:
     """Each sample's quarantine probability under the model trained on the other half of the data
     (step 5: its seeds, and its samples outside the `pool` mask); and the two models' sample-epochs."""
     count = train.labels.numel()
@@ -97,17 +97,17 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, pool: torch.T
     probability, sample_epochs = torch.zeros(count), 0
     for index, trained in enumerate((first, ~first)):
         fold_seeds = seeds[trained[seeds]]
-        model, epochs = train_quarantine(train, fold_seeds, fold_seeds[:0], ~trained | pool, num_classes,
-                                         architecture, width, config, device, seed + index)
+        model, epochs, copies = train_quarantine(train, fold_seeds, fold_seeds[:0], ~trained | pool, num_classes,
+                                                    architecture, width, config, device, seed + index, share)
         scored = torch.nonzero(~trained).flatten()
-        probability[scored] = quarantine_probability(model, train.images[scored], num_classes, device)
+        probability[scored] = quarantine_probability(model, train.images[scored], num_classes, device, copies)
         sample_epochs += epochs
     return probability, sample_epochs
 
 
 def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, num_classes: int, architecture: str,
                 width: int | None, config: FitConfig, device: torch.device, seed: int, alpha: float,
-                threshold: float, rounds: int = 2) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                threshold: float, rounds: int = 2, share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Steps 1 to 5 of the module's story: (isolated indices, quarantine probability, details)."""
     labels = train.labels
     disagrees = votes.argmax(1) != labels
@@ -123,11 +123,11 @@ def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, nu
     held_out = torch.zeros(labels.numel(), dtype=torch.bool)
     held_out[half_b] = True
     held_out[controls] = True
-    model, sample_epochs = train_quarantine(train, half_a, half_a[:0], held_out, num_classes, architecture, width,
-                                            config, device, seed)
+    model, sample_epochs, copies = train_quarantine(train, half_a, half_a[:0], held_out, num_classes,
+                                                       architecture, width, config, device, seed, share)
     details["quarantine_sample_epochs"] += sample_epochs
     tested = torch.cat([half_b, controls])
-    probability[tested] = quarantine_probability(model, train.images[tested], num_classes, device)
+    probability[tested] = quarantine_probability(model, train.images[tested], num_classes, device, copies)
     confident = probability > CONFIDENT
     details.update(excess_test(int(confident[half_b].sum()), half_b.numel(), int(confident[controls].sum()),
                                controls.numel(), alpha))
@@ -138,7 +138,7 @@ def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, nu
     for round_index in range(max(1, rounds)):
         details["seed_count"].append(int(seeds.numel()))
         probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees, num_classes, architecture,
-                                                              width, config, device, seed + 2 * round_index + 1)
+                                                              width, config, device, seed + 2 * round_index + 1, share)
         details["quarantine_sample_epochs"] += sample_epochs
         seeds = torch.nonzero(probability > threshold).flatten()
     return seeds, probability, details
