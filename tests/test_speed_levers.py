@@ -179,9 +179,12 @@ def test_one_pass_logits_and_features_match_two_passes(name):
     torch.testing.assert_close(features, expected)
 
 
-def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
+@pytest.mark.parametrize("share", [0.0, 0.2])
+def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share):
     """Scoring only the candidate labels in each round, and the rest once, gives the isolated set
-    and scores that scoring every sample with each round's model (the slow path) gives."""
+    and scores that scoring every sample with each round's model (the slow path) gives; with the
+    seeds repeated (share 0.2: round 1's 15 seeds used 6 times), the slow path's scores corrected
+    by each model's repeat count."""
     import ptdefense.defenses.quarantine as quarantine
     from ptdefense.defenses.isolation import logits_and_features
     from ptdefense.models.registry import build_model
@@ -209,12 +212,14 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch):
     # test confirms it at any p-value (alpha 1) once most held-out seeds are quarantined.
     isolated, scores, details = quarantine.confirm_and_isolate(
         train, {0: ["diversity_gap"]}, losses, torch.zeros(480, dtype=torch.bool), 4, "resnet_small", 4, config, CPU,
-        0, 0.99, threshold, rounds=2, alpha=1.0, seed_count=30)
+        0, 0.99, threshold, rounds=2, alpha=1.0, seed_count=30, share=share)
     assert details["confirmed_classes"] == [0], details["confirmation"]
     assert len(round_models) == 2
     in_suspicious = labels == 0
     # The slow path: every sample scored by each round's model; each round's isolated set.
-    slow_scores = [predict_logits(model, train.images, CPU).softmax(1)[:, 4] for model, *_ in round_models]
+    assert (round_models[0][2] > 1) == (share > 0)  # round 1's 15 seeds repeated, or not
+    slow_scores = [quarantine.prior_corrected(predict_logits(model, train.images, CPU).softmax(1)[:, 4], copies)
+                   for model, _, copies in round_models]
     slow_isolated = [torch.nonzero(in_suspicious & (scores > threshold)).flatten() for scores in slow_scores]
     assert details["seed_count"] == [15, slow_isolated[0].numel()]  # half the 30 seeds, then round 1's isolated
     assert torch.equal(isolated, slow_isolated[1])
