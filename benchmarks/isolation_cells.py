@@ -72,7 +72,7 @@ def isolate_cell(workspace: Path, current_isolation: bool = False) -> dict:
     return {"train_size": len(train), "poison_count": int(truth.numel()), "isolated_count": int(result.isolated.numel()),
             **scores, "candidates": result.details.get("candidates", {}),
             "confirmation": result.details.get("confirmation", {}), "pooled_test": result.details.get("pooled_test"),
-            "verdict": judged["verdict"],
+            "seed_copies": result.details.get("seed_copies"), "verdict": judged["verdict"],
             "verdict_reason": judged["verdict_reason"], "isolate_seconds": seconds}
 
 
