@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import (held_out_test, label_seeds, prior_corrected, quarantine_probability,
-                                            repeat_count, split_halves, train_quarantine)
+from ptdefense.defenses.quarantine import (competing_samples, held_out_test, label_seeds, leads, prior_corrected,
+                                            quarantine_probability, repeat_count, split_halves, train_quarantine)
 from ptdefense.training import FitConfig
 
 
@@ -120,3 +120,32 @@ def test_repeated_seeds_teach_a_thin_trigger_that_the_held_out_seeds_share():
     probability = quarantine_probability(model, data.images, 10, torch.device("cpu"), copies)
     assert (probability[half_b] > 0.1).sum() >= 8, probability[half_b]
     assert (probability[controls] > 0.1).sum() <= 4, probability[controls].topk(5)
+
+
+def test_a_cleared_candidate_leads_when_its_held_out_seeds_beat_its_controls():
+    def test(hits, count, control_hits, controls):
+        return {"held_out_seeds": count, "held_out_seeds_quarantined": hits, "controls": controls,
+                "controls_quarantined": control_hits}
+    assert leads(test(3, 10, 10, 100))  # 30% against 10%
+    assert not leads(test(1, 10, 10, 100))  # 10% against 10%: no lead
+    assert not leads(test(0, 10, 0, 100))
+    assert not leads(test(4, 4, 0, 100))  # too few held-out seeds to test at all
+    assert not leads(test(5, 10, 0, 0))
+
+
+def test_competing_samples_are_the_trained_ones_above_the_reference_labels_99th_percentile():
+    generator = torch.Generator().manual_seed(0)
+    reference_scores = torch.rand(5000, generator=generator) * 0.01  # clean labels: below 0.01
+    clean_trained = torch.rand(1000, generator=generator) * 0.01  # a clean candidate's, alike
+    poison_trained = 0.02 + torch.rand(100, generator=generator) * 0.1  # trained poison: pulled to quarantine
+    held_out = torch.full((50,), 0.9)  # held-out samples are never candidates to leave out
+    probability = torch.cat([reference_scores, clean_trained, poison_trained, held_out])
+    reference = torch.zeros(probability.numel(), dtype=torch.bool)
+    reference[:5000] = True
+    trained = torch.zeros_like(reference)
+    trained[5000:6100] = True
+    competing = competing_samples(probability, trained, reference)
+    assert competing[6000:6100].all()  # every trained poisoned sample
+    assert int(competing[5000:6000].sum()) <= 25  # about 1% of the clean trained ones
+    assert not competing[:5000].any() and not competing[6100:].any()
+    assert not competing_samples(probability, trained, torch.zeros_like(reference)).any()

@@ -188,8 +188,11 @@ class IsolationParams(StrictSection):
     # A label is a candidate when one of its statistics' modified z-scores against the other labels
     # reaches this (3.5: Iglewicz and Hoaglin's outlier cut; defenses/signs.py states the null model).
     flag_z: Annotated[float, Field(gt=0.0, le=100.0)] = 3.5
-    # The held-out quarantine test's level, shared (Bonferroni) among the candidate labels.
+    # The held-out quarantine test's level, shared (Bonferroni) among the candidate labels and passes.
     confirm_alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.001
+    # Passes of the test at most: a cleared candidate whose held-out seeds led its controls is tested
+    # again with the poison that competed with its seeds left out of training (defenses/quarantine.py).
+    confirm_passes: Annotated[int, Field(ge=1, le=10)] = 3
     quarantine_epochs: PositiveInt = 3
     # The quarantine seeds are repeated up to this share of the quarantine model's data, so that a
     # thin trigger is seen often enough to be learnt (defenses/quarantine.py); 0 = no repeats.

@@ -80,7 +80,8 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         isolated, probability, quarantine = confirm_and_isolate(
             train, candidates, losses, easy, num_classes, architecture, width, config, device, seed,
             settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds,
-            settings.confirm_alpha, seed_count, settings.quarantine_share)
+            settings.confirm_alpha, seed_count, settings.quarantine_share,
+            settings.confirm_passes)
         details.update(quarantine)
         confirmed = quarantine.get("confirmed_classes", [])
         details["suspicious_classes"] = confirmed
