@@ -149,3 +149,40 @@ def test_competing_samples_are_the_trained_ones_above_the_reference_labels_99th_
     assert int(competing[5000:6000].sum()) <= 25  # about 1% of the clean trained ones
     assert not competing[:5000].any() and not competing[6100:].any()
     assert not competing_samples(probability, trained, torch.zeros_like(reference)).any()
+
+
+def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_later_pass():
+    """Label 0 holds 150 clean and 150 triggered samples of the other labels; the content signals found
+    only 40 of the poisoned (the seeds). In the first pass the other 110, trained under label 0,
+    teach the trigger to label 0 against half A's 20: the held-out seeds lead their controls but the
+    test clears the label. The second pass leaves the competing samples out and confirms it; the
+    isolation then holds exactly the poison. The same data without the trigger leads nowhere."""
+    from ptdefense.defenses.quarantine import confirm_and_isolate
+
+    def run(triggered: bool):
+        generator = torch.Generator().manual_seed(3)
+        labels = torch.arange(10).repeat(150)
+        images = torch.randint(0, 60, (1500, 1, 16, 16), generator=generator).float()
+        images[torch.arange(1500), 0, 1 + labels, 2:14] = 230.0  # each class: a bar in its own row
+        others = torch.nonzero(labels != 0).flatten()
+        poison = others[torch.randperm(others.numel(), generator=generator)[:150]]
+        if triggered:
+            images[poison, 0, 13:16, 13:16] = 255.0
+        labels[poison] = 0
+        easy = torch.zeros(1500, dtype=torch.bool)
+        easy[poison[:40]] = True
+        losses = torch.rand(1500, generator=generator)
+        losses[poison[:40]] *= 0.1
+        config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=200)
+        isolated, _, details = confirm_and_isolate(
+            ImageSet(images.to(torch.uint8), labels), {0: ["easy_disagreement"]}, losses, easy, 10, "resnet_small", 8,
+            config, torch.device("cpu"), 0, 0.99, 0.1, rounds=2, alpha=0.001, share=0.05, passes=3)
+        return isolated, poison, details["confirmation"]["0"]
+
+    isolated, poison, test = run(triggered=True)
+    first = test["earlier_passes"][0]
+    assert not first["confirmed"] and leads(first), first
+    assert test["confirmed"] and test["competing_left_out"] > 0, test
+    assert torch.equal(torch.sort(isolated).values, torch.sort(poison).values)
+    isolated, _, test = run(triggered=False)
+    assert isolated.numel() == 0 and not test["confirmed"] and "earlier_passes" not in test, test
