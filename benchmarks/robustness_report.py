@@ -68,6 +68,16 @@ def _seconds(value) -> str:
     return "—" if value is None else f"{value:.0f}"
 
 
+def _passes(test: dict) -> str:
+    """' (pass 3; earlier: 7/49 vs 2/117, ...)' for a label tested more than once, else ''."""
+    earlier = test.get("earlier_passes") or []
+    if not earlier:
+        return ""
+    figures = ", ".join(f"{e['held_out_seeds_quarantined']}/{e['held_out_seeds']} vs "
+                        f"{e['controls_quarantined']}/{e['controls']}" for e in earlier)
+    return f" (pass {len(earlier) + 1}, {test.get('competing_left_out', 0)} left out; earlier: {figures})"
+
+
 def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
     """The isolate-stage-only cells (benchmarks/isolation_cells.py): PT's isolation and verdict."""
     lines = ["", "## PT's isolation alone", "",
@@ -79,12 +89,14 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
              "content-matched controls (defenses/pooled.py).", "",
              "| cell | isolated | precision / recall / FPR (%) | candidates | test per candidate | pooled test | "
              "verdict | isolate s | commit |", "|---|---|---|---|---|---|---|---|---|"]
-    for cell_id in [cell_id for cell_id in order if cell_id in rows]:
+    # The matrix's cells in its order, then any other cell measured (sizes outside the matrix).
+    for cell_id in [cell_id for cell_id in order if cell_id in rows] + sorted(set(rows) - set(order)):
         row = rows[cell_id]
         tests = "; ".join(
             f"{label}: {test.get('held_out_seeds_quarantined', '—')}/{test.get('held_out_seeds', '—')} vs "
             f"{test.get('controls_quarantined', '—')}/{test.get('controls', '—')}"
             f"{' confirmed' if test.get('confirmed') else ' cleared'}"
+            f"{_passes(test)}"
             for label, test in sorted(row.get("confirmation", {}).items()))
         candidates = "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in sorted(row["candidates"].items()))
         pooled = row.get("pooled_test") or {}

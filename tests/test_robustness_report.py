@@ -67,3 +67,19 @@ def test_the_isolation_table_shows_each_candidate_and_its_test():
               "confirmed": True}
     table = render_isolation({"m": {**row, "confirmation": {}, "pooled_test": pooled}}, ["m"])
     assert "| — | 177/6964 vs 0/6964 confirmed | poison_found |" in table
+
+
+def test_the_isolation_table_shows_a_later_pass_and_cells_outside_the_matrix():
+    from robustness_report import render_isolation
+
+    later = {"held_out_seeds": 49, "held_out_seeds_quarantined": 36, "controls": 117, "controls_quarantined": 35,
+             "confirmed": True, "competing_left_out": 230,
+             "earlier_passes": [{"held_out_seeds": 49, "held_out_seeds_quarantined": 7, "controls": 117,
+                                 "controls_quarantined": 2, "confirmed": False}]}
+    row = {"isolated_count": 400, "isolation_precision": 0.99, "isolation_recall": 0.99,
+           "isolation_false_positive_rate": 0.001, "candidates": {"0": ["easy_disagreement"]},
+           "confirmation": {"0": later}, "pooled_test": None, "verdict": "poison_found", "isolate_seconds": 60.0,
+           "commit": "abc"}
+    table = render_isolation({"extra-4k": row, "m": row}, ["m"])
+    assert "0: 36/49 vs 35/117 confirmed (pass 2, 230 left out; earlier: 7/49 vs 2/117)" in table
+    assert table.index("| m |") < table.index("| extra-4k |")  # the matrix first, then the rest

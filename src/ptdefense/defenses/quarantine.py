@@ -287,11 +287,7 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     confirmed.sort()
     quarantined = probability > threshold
     in_confirmed = torch.isin(labels, torch.tensor(confirmed, dtype=torch.int64))
-    # The samples a later pass left out were picked by an earlier model's quarantine probability, so
-    # its errors travel with them (clean samples of the label that lean to the quarantine class only
-    # because the two share the trigger): they seed no later round, which scores them afresh.
-    unseeded = left_out if rounds > 1 else torch.zeros_like(left_out)
-    isolated = torch.nonzero(in_confirmed & quarantined & ~unseeded).flatten()
+    isolated = torch.nonzero(in_confirmed & quarantined).flatten()
     confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else seeds_a[:0]
     for round_index in range(1, rounds if confirmed else 1):
         # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out.
