@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dvc_workspace import copy_repo, env  # noqa: E402
 from robustness import cell_params, commit, write_report  # noqa: E402
-from robustness_cells import CELLS  # noqa: E402
+from robustness_cells import CELLS, EXTRA_ISOLATION_CELLS  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "isolation_cells.json"
 
@@ -86,7 +86,9 @@ def main() -> None:
                              "partial-train's code and params are unchanged: a change to isolation only)")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    for cell in [cell for cell in CELLS if any(fnmatch.fnmatch(cell["id"], pattern) for pattern in args.cells)]:
+    chosen = [cell for cell in CELLS + EXTRA_ISOLATION_CELLS
+              if any(fnmatch.fnmatch(cell["id"], pattern) for pattern in args.cells)]
+    for cell in chosen:
         print(f"== {cell['id']}", file=sys.stderr, flush=True)
         workspace = partial_workspace(cell, args.work / (args.partial_from or commit()), args.datasets)
         reused = {"partial_from": args.partial_from} if args.partial_from else {}

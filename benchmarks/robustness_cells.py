@@ -31,6 +31,13 @@ CELLS = (
        for dataset, size in (("fashion_mnist", None), ("mnist", 5000), ("cifar10", None))]
 )
 
+# Isolate-stage-only cells outside the matrix (benchmarks/isolation_cells.py): the size of the held-out
+# handwritten-digit case (4,000 images), poisoned and clean.
+EXTRA_ISOLATION_CELLS = [
+    {**_cell("mnist", 4000, "badnets", 0.1), "id": "small-mnist-4k-badnets"},
+    {**_cell("mnist", 4000, "none", 0.0, 0.0), "id": "clean-mnist-4k"},
+]
+
 UNSEEN_TARGET, UNSEEN_TEST_SIZE, UNSEEN_SEED = 0, 2000, 1234
 
 
