@@ -159,7 +159,7 @@ def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_late
     isolation then holds exactly the poison. The same data without the trigger leads nowhere."""
     from ptdefense.defenses.quarantine import confirm_and_isolate
 
-    def run(triggered: bool):
+    def run(triggered: bool, seed_count: int | None = None):
         generator = torch.Generator().manual_seed(3)
         labels = torch.arange(10).repeat(150)
         images = torch.randint(0, 60, (1500, 1, 16, 16), generator=generator).float()
@@ -172,11 +172,12 @@ def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_late
         easy = torch.zeros(1500, dtype=torch.bool)
         easy[poison[:40]] = True
         losses = torch.rand(1500, generator=generator)
-        losses[poison[:40]] *= 0.1
+        losses[poison[:40]] *= 0.01  # the lowest losses of label 0 too (seed_count's route)
         config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=200)
         isolated, _, details = confirm_and_isolate(
             ImageSet(images.to(torch.uint8), labels), {0: ["easy_disagreement"]}, losses, easy, 10, "resnet_small", 8,
-            config, torch.device("cpu"), 0, 0.99, 0.1, rounds=2, alpha=0.001, share=0.05, passes=3)
+            config, torch.device("cpu"), 0, 0.99, 0.1, rounds=2, alpha=0.001, seed_count=seed_count, share=0.05,
+            passes=3)
         return isolated, poison, details["confirmation"]["0"]
 
     isolated, poison, test = run(triggered=True)
@@ -186,3 +187,18 @@ def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_late
     assert torch.equal(torch.sort(isolated).values, torch.sort(poison).values)
     isolated, _, test = run(triggered=False)
     assert isolated.numel() == 0 and not test["confirmed"] and "earlier_passes" not in test, test
+    # Seeds taken by loss (here `seed_count`) are not retested, even where they lead: on a clean
+    # label they are its typical samples, and the later passes' null does not hold for them.
+    isolated, _, test = run(triggered=True, seed_count=40)
+    assert leads(test) and "earlier_passes" not in test and "no later pass" in test["reason"], test
+    assert isolated.numel() == 0
+
+
+def test_only_candidates_seeded_by_content_are_retested():
+    from ptdefense.defenses.quarantine import retestable
+
+    assert retestable(["easy_disagreement"], None)
+    assert retestable(["log_spectral_ratio", "content_disagreement"], None)
+    assert not retestable(["log_spectral_ratio"], None)  # seeds: the label's low-loss mode
+    assert not retestable(["diversity_gap"], None)
+    assert not retestable(["easy_disagreement"], 40)  # method quarantine: the lowest-loss samples
