@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ptdefense.defenses.content import content_features, easy_disagreement, neighbour_votes
+from ptdefense.defenses.content import content_features, content_view, easy_disagreement, neighbour_votes
 from ptdefense.models.registry import build_model
 
 
@@ -63,3 +63,52 @@ def test_content_features_come_from_the_frozen_prefix_only():
     assert torch.allclose(content_features(model, images, 2, torch.device("cpu")), features, atol=1e-5)
     # Nothing frozen: the pooled pixels stand in (1 channel × 4 × 4).
     assert content_features(model, images, 0, torch.device("cpu")).shape == (96, 16)
+
+
+def test_content_view_ignores_an_images_brightness_and_contrast():
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(40, 200, (8, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    rescaled = (images.float() * 0.6 + 70).round().to(torch.uint8)  # dimmer, less contrast, brighter floor
+    view, rescaled_view = content_view(images).int(), content_view(rescaled).int()
+    assert view.dtype == torch.int32 and view.shape == images.shape
+    assert int((view - rescaled_view).abs().max()) <= 2  # rounding only
+    assert float(view.float().std()) < float(images.float().std())  # the blur removes pixel-scale detail
+
+
+def _shapes(per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """28×28 grey images of three shapes (a bar across, a bar down, a square outline), each shifted at
+    random by up to 4 pixels, with mild pixel noise."""
+    canvas = torch.zeros(3, 28, 28)
+    canvas[0, 12:16, 4:24] = 1
+    canvas[1, 4:24, 12:16] = 1
+    canvas[2, 6:22, 6:22] = 1
+    canvas[2, 9:19, 9:19] = 0
+    labels = torch.arange(3).repeat_interleave(per_class)
+    shifts = torch.randint(-4, 5, (labels.numel(), 2), generator=generator)
+    images = torch.stack([torch.roll(canvas[label], tuple(shift.tolist()), (0, 1))
+                          for label, shift in zip(labels.tolist(), shifts)])
+    images = images * 200 + 20 + 15 * torch.rand(images.shape, generator=generator)
+    return images.clamp(0, 255).round().to(torch.uint8).unsqueeze(1), labels
+
+
+def test_blended_poison_disagrees_with_its_label_in_the_frozen_prefix_view():
+    """Blend: one noise pattern mixed in at 20% opacity into a quarter of shapes 1 and 2, relabelled to 0.
+    The frozen prefix, shown the content view, still sees bars down and squares: their neighbours vote
+    for their true shapes, while clean samples keep agreeing with their labels."""
+    from ptdefense.defenses.pt import build_partial_model
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = _shapes(80, generator)
+    pattern = torch.randint(0, 256, (1, 28, 28), generator=generator).float()
+    poison = torch.cat([torch.arange(80, 100), torch.arange(160, 180)])
+    images[poison] = (0.8 * images[poison].float() + 0.2 * pattern).round().to(torch.uint8)
+    poisoned_labels = labels.clone()
+    poisoned_labels[poison] = 0
+    model = build_partial_model("resnet_small", 1, 3, 8, 3, "recalibrate", images, torch.device("cpu"), 0)
+    votes = neighbour_votes(content_features(model, images, 3, torch.device("cpu")), poisoned_labels, 3)
+    disagrees = votes.argmax(1) != poisoned_labels
+    clean = torch.ones(labels.numel(), dtype=torch.bool)
+    clean[poison] = False
+    assert float(disagrees[poison].float().mean()) >= 0.8
+    assert float((votes.argmax(1)[poison] == labels[poison]).float().mean()) >= 0.8  # to their true shape
+    assert float(disagrees[clean].float().mean()) <= 0.1
