@@ -28,7 +28,8 @@ def isolate(params: Params) -> None:
     train = ImageSet.load(TRAIN_SET)
     info = dataset_info(TRAIN_SET)  # before any work: a bad train.npz must not leave half the outputs new
     model, spec = load_model(PARTIAL_MODEL, "partial-train")
-    logged = {**logged_params(params, "isolation"), "freeze_layers": params.freeze_layers}
+    logged = {**logged_params(params, "isolation"), "freeze_layers": params.freeze_layers,
+              "freeze_layers_used": spec.get("freeze_layers", 0)}
     with StageRun("isolate", params, logged) as run:
         log_inputs(run, train)
         started = time.perf_counter()

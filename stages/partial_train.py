@@ -14,7 +14,9 @@ def partial_train(params: Params) -> None:
     import time
 
     from ptdefense.data.dataset import ImageSet, dataset_info
+    from ptdefense.defenses.depth import choose_freeze_layers, deepest_auto_depth
     from ptdefense.defenses.pt import build_partial_model
+    from ptdefense.models.catalogue import num_blocks
     from ptdefense.models.io import save_model
     from ptdefense.paths import PARTIAL_MODEL, TRAIN_SET, stage_metrics
     from ptdefense.stage import epoch_logger, finish, log_inputs, logged_params, model_spec, not_per_epoch, setup
@@ -27,21 +29,35 @@ def partial_train(params: Params) -> None:
     logged = {**logged_params(params, "model", "partial"), "freeze_layers": params.freeze_layers}
     with StageRun("partial-train", params, logged) as run:
         log_inputs(run, train)
-        model = build_partial_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"],
-                                    params.freeze_layers, params.partial.frozen_bn, train.images, device, params.seed)
-        frozen = model.block_names[: params.freeze_layers]
+
+        def partial_model(freeze_layers: int):
+            return build_partial_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"],
+                                       freeze_layers, params.partial.frozen_bn, train.images, device, params.seed)
+
+        freeze_layers, choice = params.freeze_layers, {}
+        if freeze_layers == "auto":  # the depth whose frozen features describe content best (defenses/depth.py)
+            deepest = deepest_auto_depth(num_blocks(params.model.name))
+            freeze_layers, choice = choose_freeze_layers(partial_model(deepest), train, spec["num_classes"], deepest,
+                                                         device, params.seed)
+            print(f"freeze_layers auto: {freeze_layers} (median label agreement by depth "
+                  f"{choice['median_label_agreement']}, ties within {choice['tie_tolerance']:.4f})", file=sys.stderr)
+        model = partial_model(freeze_layers)
+        frozen = model.block_names[: freeze_layers]
         print(f"partial training: frozen blocks {frozen or 'none'}, trained "
-              f"{model.block_names[params.freeze_layers:]}", file=sys.stderr)
+              f"{model.block_names[freeze_layers:]}", file=sys.stderr)
         config = FitConfig(**params.partial.model_dump(exclude={"frozen_bn"}))
         started = time.perf_counter()
         history = fit(model, train, config, device, params.seed + 1, on_epoch_end=epoch_logger(run),
                       description="partial")
-        save_model(model, PARTIAL_MODEL, {**spec, "freeze_layers": params.freeze_layers, "frozen_blocks": frozen,
+        save_model(model, PARTIAL_MODEL, {**spec, "freeze_layers": freeze_layers, "frozen_blocks": frozen,
                                           "stage": "partial-train"})
         final = {**history[-1], "wall_seconds": time.perf_counter() - started,
                  "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                  "total_parameters": sum(p.numel() for p in model.parameters()),
-                 "sample_epochs": len(history) * len(train)}
+                 "sample_epochs": len(history) * len(train), "freeze_layers_used": freeze_layers,
+                 **{f"content_agreement_depth_{depth}": share
+                    for depth, share in choice.get("median_label_agreement", {}).items()}}
+        run.set_tags({"freeze_layers_used": str(freeze_layers)})
         finish(run, stage_metrics("partial-train"), final, not_per_epoch(final, history), [PARTIAL_MODEL])
 
 

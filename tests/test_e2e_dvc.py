@@ -204,11 +204,15 @@ def test_mlflow_holds_one_grouped_run_per_stage(workspace, reproduced):
     assert len(parents) == 1 and len(groups) == 1
     parent = parents.pop()
     # The parent holds every param and the headline metrics, for side-by-side comparison in the UI.
-    assert queried["parents"][parent]["freeze_layers"] == "3"
+    assert queried["parents"][parent]["freeze_layers"] == "auto"
     assert "pt.attack_success_rate" in queried["parent_metrics"][parent]
     assert "abl.attack_success_rate" in queried["parent_metrics"][parent]
     by_stage = {run["tags"]["ptdefense.stage"]: run for run in stage_runs}
-    assert by_stage["partial-train"]["params"]["freeze_layers"] == "3"
+    assert by_stage["partial-train"]["params"]["freeze_layers"] == "auto"
+    # auto's depth, read off the data: logged with the run, and the one the saved partial model froze
+    used = by_stage["partial-train"]["tags"]["freeze_layers_used"]
+    assert used in {"1", "2", "3"}
+    assert by_stage["isolate"]["params"]["freeze_layers_used"] == used
     assert by_stage["train-backdoored"]["params"]["train.epochs"] == "2"
     assert "attack_success_rate" in by_stage["train-backdoored"]["metrics"]
     assert by_stage["train-backdoored"]["train_loss_steps"] == [1, 2]  # per-epoch metrics

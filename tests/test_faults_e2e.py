@@ -156,7 +156,7 @@ def test_stages_log_to_a_real_tracking_server(interrupted, tmp_path):
         stop(server)
     runs = json.loads(read.stdout.strip().splitlines()[-1])
     assert set(runs) == {"partial-train", "evaluate"} and all(r["status"] == "FINISHED" for r in runs.values())
-    assert runs["partial-train"]["params"]["freeze_layers"] == "3"
+    assert runs["partial-train"]["params"]["freeze_layers"] == "auto"
     assert runs["partial-train"]["loss_steps"] == [1]  # one epoch, logged per epoch
     assert "partial" in runs["partial-train"]["artifacts"]
     assert Path(runs["partial-train"]["downloaded"]).read_bytes() == \

@@ -50,7 +50,7 @@ def test_repo_params_yaml_covers_every_schema_key():
 def test_defaults(raw):
     params = validate_params(raw)
     assert params.seed == 0
-    assert params.freeze_layers == 3
+    assert params.freeze_layers == "auto"
     assert params.device == "auto"
     assert params.data.name == "fashion_mnist"
     assert params.data.train_limit is None
@@ -212,6 +212,18 @@ def test_freeze_layers_negative():
     assert "freeze_layers" in _error({"freeze_layers": -1})
 
 
+def test_freeze_layers_auto_is_the_default_and_is_accepted_as_written():
+    assert validate_params({}).freeze_layers == "auto"
+    assert validate_params({"freeze_layers": "auto", "model": {"name": "resnet18"}}).freeze_layers == "auto"
+
+
+@pytest.mark.parametrize("value", ["3", "Auto", "deep", True, 2.5])
+def test_freeze_layers_other_than_auto_or_a_count_is_refused_with_both_choices_named(value):
+    message = _error({"freeze_layers": value})
+    assert "freeze_layers" in message
+    assert "auto" in message and "number of leading blocks" in message
+
+
 @pytest.mark.parametrize("label", [10, 11, 10_000])
 def test_target_label_out_of_range(label):
     message = _error({"attack": {"target_label": label}})
@@ -297,7 +309,7 @@ def test_digest_stable_for_equal_params():
 
 
 def test_digest_defaults_equal_explicit_defaults():
-    assert validate_params({}).digest() == validate_params({"freeze_layers": 3, "seed": 0}).digest()
+    assert validate_params({}).digest() == validate_params({"freeze_layers": "auto", "seed": 0}).digest()
 
 
 def test_digest_changes_with_freeze_layers():

@@ -262,7 +262,7 @@ class MlflowParams(StrictSection):
 
 class Params(StrictSection):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
-    freeze_layers: Annotated[int, Field(ge=0, le=64)] = 3
+    freeze_layers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     data: DataParams = DataParams()
     attack: AttackParams = AttackParams()
@@ -274,6 +274,14 @@ class Params(StrictSection):
     finetune: FinetuneParams = FinetuneParams()
     abl: AblParams = AblParams()
     mlflow: MlflowParams = MlflowParams()
+
+    @field_validator("freeze_layers", mode="before")
+    @classmethod
+    def _auto_or_block_count(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and value != "auto"):
+            raise ValueError(f"invalid value {value!r}; use auto (picked from the data by partial-train) "
+                             "or the number of leading blocks to freeze (0 to the model's blocks - 1)")
+        return value
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
@@ -292,7 +300,7 @@ class Params(StrictSection):
                 f"{self.data.name} has classes 0..{num_classes - 1}"
             )
         blocks = num_blocks(self.model.name)
-        if self.freeze_layers > blocks - 1:
+        if self.freeze_layers != "auto" and self.freeze_layers > blocks - 1:
             raise ValueError(
                 f"freeze_layers={self.freeze_layers} is too large for model {self.model.name!r}, "
                 f"which has {blocks} blocks; valid values: 0..{blocks - 1} "
