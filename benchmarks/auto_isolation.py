@@ -27,6 +27,8 @@ from ptdefense.data.loading import load_dataset  # noqa: E402
 from ptdefense.defenses.isolation import isolate_samples  # noqa: E402
 from ptdefense.defenses.pt import build_partial_model  # noqa: E402
 from ptdefense.metrics import isolation_metrics  # noqa: E402
+from ptdefense.defenses.depth import choose_freeze_layers, deepest_auto_depth  # noqa: E402
+from ptdefense.models.catalogue import num_blocks  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
 from ptdefense.training import FitConfig, fit, pick_device, seed_everything  # noqa: E402
 
@@ -40,10 +42,18 @@ def measure(params, attack_name: str, rate: float, method: str, train, num_class
                           getattr(params.attack, attack_name))
     poisoned = attack.poison(train, device)
     started = time.perf_counter()
-    model = build_partial_model(params.model.name, train.image_shape[0], num_classes, params.model.width,
-                                params.freeze_layers, params.partial.frozen_bn, poisoned.data.images, device,
-                                params.seed)
-    cached = cache / f"{attack_name}-{rate}-k{params.freeze_layers}-seed{params.seed}.pt" if cache else None
+
+    def partial_model(freeze_layers: int):
+        return build_partial_model(params.model.name, train.image_shape[0], num_classes, params.model.width,
+                                   freeze_layers, params.partial.frozen_bn, poisoned.data.images, device, params.seed)
+
+    freeze_layers = params.freeze_layers
+    if freeze_layers == "auto":  # as partial-train resolves it (defenses/depth.py)
+        deepest = deepest_auto_depth(num_blocks(params.model.name))
+        freeze_layers, _ = choose_freeze_layers(partial_model(deepest), poisoned.data, num_classes, deepest, device,
+                                                params.seed)
+    model = partial_model(freeze_layers)
+    cached = cache / f"{attack_name}-{rate}-k{freeze_layers}-seed{params.seed}.pt" if cache else None
     if cached and cached.is_file():
         model.load_state_dict(torch.load(cached, weights_only=True))
     else:
@@ -54,7 +64,7 @@ def measure(params, attack_name: str, rate: float, method: str, train, num_class
             torch.save(model.state_dict(), cached)
     settings = params.isolation.model_copy(update={"method": method})
     result, _ = isolate_samples(model, poisoned.data, settings, num_classes, params.model.name, params.model.width,
-                                params.freeze_layers, device, params.seed + 3)
+                                freeze_layers, device, params.seed + 3)
     scores = isolation_metrics(result.isolated, poisoned.poison_indices, len(poisoned.data))
     # The same quarantine model at other probability thresholds: how sensitive the cut is.
     sweep = {}

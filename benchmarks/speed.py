@@ -121,7 +121,7 @@ def compiled_training(model, images: torch.Tensor, labels: torch.Tensor, config:
             "images_per_second": len(batches) * config.batch_size / (time.perf_counter() - started)}
 
 
-def measure_levers(fresh, train: ImageSet, config: FitConfig, device, seed: int, freeze_layers: int,
+def measure_levers(fresh, train: ImageSet, config: FitConfig, device, seed: int, freeze_layers: int | str,
                    with_compile: bool) -> dict:
     """Each lever on and off, on the same data: the figures behind the choices in the README."""
     model = fresh()
@@ -131,7 +131,7 @@ def measure_levers(fresh, train: ImageSet, config: FitConfig, device, seed: int,
     levers["inference_images_per_second"][f"bf16, batch {INFERENCE_BATCH_SIZE}"] = inference_images_per_second(
         model, train.images, device, INFERENCE_BATCH_SIZE, "bf16")
     cached = {}
-    for freeze in sorted({2, 3, freeze_layers}):
+    for freeze in sorted({2, 3} | ({freeze_layers} if isinstance(freeze_layers, int) else set())):  # auto: 3 here
         cached[f"freeze_layers={freeze}, cached"] = pipeline_fit(fresh(freeze), train, config, device, seed)
         saved = training.FEATURE_CACHE_LIMIT_BYTES
         training.FEATURE_CACHE_LIMIT_BYTES = 0
