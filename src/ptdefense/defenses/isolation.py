@@ -8,9 +8,9 @@ Three rules (isolation.method):
   (defenses/content.py) or from the label's low-loss mode, so no poison rate is assumed;
 - quarantine: the same, with `seed_ratio` × N lowest-loss seeds shared among the candidates.
 
-With auto and quarantine, when no label is confirmed, the pooled test (defenses/pooled.py) asks
-whether the samples whose content disagrees with their label, across every label, share a
-trigger: poison spread over all labels (all-to-all) leaves no single label to flag.
+With auto and quarantine, the pooled test (defenses/pooled.py) then asks whether the samples
+left whose content disagrees with their label, across every label, share a trigger: poison
+spread over all labels (all-to-all) leaves no single label to flag, or only its largest receiver.
 """
 
 from __future__ import annotations
@@ -86,21 +86,26 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         confirmed = quarantine.get("confirmed_classes", [])
         details["suspicious_classes"] = confirmed
         details["cleared_classes"] = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed]
-    if details["suspicious_classes"]:
-        return Isolation(isolated, probability, details), losses
-    # No single label confirmed: is the poison spread over all of them?
-    isolated, pooled_probability, pooled = pooled_test(
+    # Is poison left outside the confirmed labels, spread over many (all-to-all)? Always asked: all-to-all
+    # poison can make one receiving label stand out, and that label's isolation leaves the rest behind.
+    removed = torch.zeros(len(train), dtype=torch.bool)
+    removed[isolated] = True
+    pooled_isolated, pooled_probability, pooled = pooled_test(
         train, content, votes, num_classes, architecture, width, config, device, seed + 101,
         settings.confirm_alpha / (len(candidates) + 1), settings.quarantine_threshold, settings.quarantine_rounds,
-        settings.quarantine_share)
+        settings.quarantine_share, removed)
     details["quarantine_sample_epochs"] = details.get("quarantine_sample_epochs", 0) + pooled.pop("quarantine_sample_epochs")
     details["pooled_test"] = pooled
     if pooled["confirmed"]:
-        details["suspicious_classes"] = sorted(set(train.labels[isolated].tolist()))
-        return Isolation(isolated, pooled_probability, details), losses
-    details["note"] = ("no label's statistics stand out, and " if not candidates else
-                       "no candidate label passed the held-out quarantine test, and ") + \
-        "the disagreeing samples pooled over all labels share no trigger: nothing isolated"
+        isolated = torch.unique(torch.cat([isolated, pooled_isolated]))
+        probability = torch.maximum(probability, pooled_probability) if details["suspicious_classes"] \
+            else pooled_probability
+        details["suspicious_classes"] = sorted(set(details["suspicious_classes"])
+                                               | set(train.labels[pooled_isolated].tolist()))
+    elif not details["suspicious_classes"]:
+        details["note"] = ("no label's statistics stand out, and " if not candidates else
+                           "no candidate label passed the held-out quarantine test, and ") + \
+            "the disagreeing samples pooled over all labels share no trigger: nothing isolated"
     return Isolation(isolated, probability, details), losses
 
 

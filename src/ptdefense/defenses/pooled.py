@@ -86,18 +86,18 @@ def excess_test(seed_hits: int, seed_count: int, control_hits: int, control_coun
     return {**result, "p_value": p_value, "confirmed": confirmed, "reason": reason}
 
 
-def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, pool: torch.Tensor, num_classes: int,
+def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: torch.Tensor, num_classes: int,
                              architecture: str, width: int | None, config: FitConfig, device: torch.device,
                              seed: int, share: float = 0.0) -> tuple[torch.Tensor, int]:
     """Each sample's quarantine probability under the model trained on the other half of the data
-    (step 5: its seeds, and its samples outside the `pool` mask); and the two models' sample-epochs."""
+    (step 5: its seeds, and its samples outside the `left_out` mask); and the two models' sample-epochs."""
     count = train.labels.numel()
     first = torch.zeros(count, dtype=torch.bool)
     first[split_halves(torch.arange(count), seed)[0]] = True
     probability, sample_epochs = torch.zeros(count), 0
     for index, trained in enumerate((first, ~first)):
         fold_seeds = seeds[trained[seeds]]
-        model, epochs, copies = train_quarantine(train, fold_seeds, fold_seeds[:0], ~trained | pool, num_classes,
+        model, epochs, copies = train_quarantine(train, fold_seeds, fold_seeds[:0], ~trained | left_out, num_classes,
                                                     architecture, width, config, device, seed + index, share)
         scored = torch.nonzero(~trained).flatten()
         probability[scored] = quarantine_probability(model, train.images[scored], num_classes, device, copies)
@@ -107,20 +107,25 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, pool: torch.T
 
 def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, num_classes: int, architecture: str,
                 width: int | None, config: FitConfig, device: torch.device, seed: int, alpha: float,
-                threshold: float, rounds: int = 2, share: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Steps 1 to 5 of the module's story: (isolated indices, quarantine probability, details)."""
+                threshold: float, rounds: int = 2, share: float = 0.0,
+                removed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Steps 1 to 5 of the module's story: (isolated indices, quarantine probability, details).
+
+    `removed` (a mask) holds samples already isolated by the per-label test: they are neither pooled,
+    nor controls, nor trained on, so the test asks whether poison is left in the rest."""
     labels = train.labels
-    disagrees = votes.argmax(1) != labels
+    removed = torch.zeros(labels.numel(), dtype=torch.bool) if removed is None else removed
+    disagrees = (votes.argmax(1) != labels) & ~removed
     pool = torch.nonzero(disagrees).flatten()
     half_a, half_b = split_halves(pool, seed)
-    controls = matched_controls(features, half_b, ~disagrees)
+    controls = matched_controls(features, half_b, ~disagrees & ~removed)
     half_b = half_b[:controls.numel()]
     details: dict = {"pool": int(pool.numel()), "quarantine_sample_epochs": 0}
     probability = torch.zeros(labels.numel())
     if half_a.numel() < MIN_EXCESS or half_b.numel() < MIN_EXCESS:
         return labels[:0], probability, {**details, "confirmed": False,
                                          "reason": f"too few disagreeing samples to test ({pool.numel()})"}
-    held_out = torch.zeros(labels.numel(), dtype=torch.bool)
+    held_out = removed.clone()
     held_out[half_b] = True
     held_out[controls] = True
     model, sample_epochs, copies = train_quarantine(train, half_a, half_a[:0], held_out, num_classes,
@@ -137,7 +142,7 @@ def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, nu
     details["seed_count"] = []
     for round_index in range(max(1, rounds)):
         details["seed_count"].append(int(seeds.numel()))
-        probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees, num_classes, architecture,
+        probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees | removed, num_classes, architecture,
                                                               width, config, device, seed + 2 * round_index + 1, share)
         details["quarantine_sample_epochs"] += sample_epochs
         seeds = torch.nonzero(probability > threshold).flatten()
