@@ -27,7 +27,7 @@ from ptdefense.data.loading import load_dataset  # noqa: E402
 from ptdefense.defenses.isolation import isolate_samples  # noqa: E402
 from ptdefense.defenses.pt import build_partial_model  # noqa: E402
 from ptdefense.metrics import isolation_metrics  # noqa: E402
-from ptdefense.defenses.depth import choose_freeze_layers, deepest_auto_depth  # noqa: E402
+from ptdefense.defenses.depth import resolve_freeze_layers  # noqa: E402
 from ptdefense.models.catalogue import num_blocks  # noqa: E402
 from ptdefense.params import load_params  # noqa: E402
 from ptdefense.training import FitConfig, fit, pick_device, seed_everything  # noqa: E402
@@ -47,12 +47,8 @@ def measure(params, attack_name: str, rate: float, method: str, train, num_class
         return build_partial_model(params.model.name, train.image_shape[0], num_classes, params.model.width,
                                    freeze_layers, params.partial.frozen_bn, poisoned.data.images, device, params.seed)
 
-    freeze_layers = params.freeze_layers
-    if freeze_layers == "auto":  # as partial-train resolves it (defenses/depth.py)
-        deepest = deepest_auto_depth(num_blocks(params.model.name))
-        freeze_layers, _ = choose_freeze_layers(partial_model(deepest), poisoned.data, num_classes, deepest, device,
-                                                params.seed)
-    model = partial_model(freeze_layers)
+    model, freeze_layers, _ = resolve_freeze_layers(params.freeze_layers, partial_model, poisoned.data, num_classes,
+                                                    num_blocks(params.model.name), device, params.seed)
     cached = cache / f"{attack_name}-{rate}-k{freeze_layers}-seed{params.seed}.pt" if cache else None
     if cached and cached.is_file():
         model.load_state_dict(torch.load(cached, weights_only=True))

@@ -62,9 +62,10 @@ def evaluate(params: Params) -> None:
                   "abl": torch.from_numpy(abl["isolation_losses"])}
         flagged = [int(label) for label in spent["isolate"].get("suspicious_classes") or []]
         # With no known poison (or an empty list) no ranking can find any: the sweep is undefined.
+        depth_used = spent["partial-train"].get("freeze_layers_used")  # what `auto` chose
         figures = write_figures(params, train.labels, is_poison, truth_known and truth.numel() > 0, losses,
-                                torch.from_numpy(pt["suspicion_scores"]), flagged, table, paths.PLOTS_DIR)
-        report_text = comparison_markdown(table, comparison_title(params), metrics["poison_count"])
+                                torch.from_numpy(pt["suspicion_scores"]), flagged, table, paths.PLOTS_DIR, depth_used)
+        report_text = comparison_markdown(table, comparison_title(params, depth_used), metrics["poison_count"])
         report = paths.REPORTS_DIR / "evaluate.md"
         write_text(report, report_text)
         print(report_text)

@@ -14,7 +14,7 @@ def partial_train(params: Params) -> None:
     import time
 
     from ptdefense.data.dataset import ImageSet, dataset_info
-    from ptdefense.defenses.depth import choose_freeze_layers, deepest_auto_depth
+    from ptdefense.defenses.depth import resolve_freeze_layers
     from ptdefense.defenses.pt import build_partial_model
     from ptdefense.models.catalogue import num_blocks
     from ptdefense.models.io import save_model
@@ -34,19 +34,17 @@ def partial_train(params: Params) -> None:
             return build_partial_model(spec["architecture"], spec["in_channels"], spec["num_classes"], spec["width"],
                                        freeze_layers, params.partial.frozen_bn, train.images, device, params.seed)
 
-        freeze_layers, choice = params.freeze_layers, {}
-        if freeze_layers == "auto":  # the depth whose frozen features describe content best (defenses/depth.py)
-            deepest = deepest_auto_depth(num_blocks(params.model.name))
-            freeze_layers, choice = choose_freeze_layers(partial_model(deepest), train, spec["num_classes"], deepest,
-                                                         device, params.seed)
+        started = time.perf_counter()  # the depth choice counts: it is part of the stage's cost
+        model, freeze_layers, choice = resolve_freeze_layers(params.freeze_layers, partial_model, train,
+                                                             spec["num_classes"], num_blocks(params.model.name),
+                                                             device, params.seed)
+        if choice:  # auto: the depth whose frozen features describe content best (defenses/depth.py)
             print(f"freeze_layers auto: {freeze_layers} (median label agreement by depth "
                   f"{choice['median_label_agreement']}, ties within {choice['tie_tolerance']:.4f})", file=sys.stderr)
-        model = partial_model(freeze_layers)
         frozen = model.block_names[: freeze_layers]
         print(f"partial training: frozen blocks {frozen or 'none'}, trained "
               f"{model.block_names[freeze_layers:]}", file=sys.stderr)
         config = FitConfig(**params.partial.model_dump(exclude={"frozen_bn"}))
-        started = time.perf_counter()
         history = fit(model, train, config, device, params.seed + 1, on_epoch_end=epoch_logger(run),
                       description="partial")
         save_model(model, PARTIAL_MODEL, {**spec, "freeze_layers": freeze_layers, "frozen_blocks": frozen,
@@ -57,7 +55,7 @@ def partial_train(params: Params) -> None:
                  "sample_epochs": len(history) * len(train), "freeze_layers_used": freeze_layers,
                  **{f"content_agreement_depth_{depth}": share
                     for depth, share in choice.get("median_label_agreement", {}).items()}}
-        run.set_tags({"freeze_layers_used": str(freeze_layers)})
+        run.set_tags({"freeze_layers_used": str(freeze_layers)}, on_parent=True)
         finish(run, stage_metrics("partial-train"), final, not_per_epoch(final, history), [PARTIAL_MODEL])
 
 

@@ -36,7 +36,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _stage(root: Path, train: ImageSet, interrupt_at: tuple[int, int] | None = None, config: FitConfig = CONFIG,
-           digest: str = "digest"):
+           digest: str = "digest", frozen: int = 0):
     """A two-fit "stage": the second model is built from the global RNG left by the first fit, so a
     resume must restore that RNG too. `interrupt_at=(fit, epoch)` raises after that epoch."""
     torch.manual_seed(0)
@@ -50,6 +50,7 @@ def _stage(root: Path, train: ImageSet, interrupt_at: tuple[int, int] | None = N
 
     with checkpointing("probe", digest, root) as scope:
         first = build_model("resnet_small", 1, 10, None)
+        first.freeze_prefix(frozen)
         first_history = fit(first, train, config, CPU, 0, on_epoch_end=stopper(1), description="first")
         second = build_model("resnet_small", 1, 10, None)
         noise = torch.rand(3)  # more global RNG use between fits
@@ -156,3 +157,13 @@ def test_temp_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
     assert not dead.exists() and not dead_staging.exists()
     assert live.exists() and other_host.exists() and sibling.exists()
     assert json.loads(target.read_text()) == {"a": 1}
+
+
+def test_checkpoint_of_another_frozen_depth_is_not_resumed(tmp_path):
+    # `freeze_layers: auto` picks the depth at run time, and freezing leaves the weights as they are.
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(size=128), (1, 2), frozen=2)
+    assert _stage(tmp_path, _data(size=128), frozen=3)["resumed"] == []
+    with pytest.raises(Interrupted):
+        _stage(tmp_path, _data(size=128), (1, 2), frozen=3)
+    assert _stage(tmp_path, _data(size=128), frozen=3)["resumed"] == ["first after epoch 2/3"]

@@ -8,7 +8,7 @@ import torch
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.depth import (choose_freeze_layers, deepest_auto_depth, deepest_tied_depth,
-                                      label_agreement)
+                                      label_agreement, resolve_freeze_layers)
 from ptdefense.defenses.pt import build_partial_model
 
 
@@ -67,3 +67,28 @@ def test_choose_reads_every_depth_of_the_prefix_and_picks_one_the_content_suppor
     # The same seed gives the same choice (the sample and the prefix are seeded).
     again = build_partial_model("resnet_small", 1, 4, 8, 3, "recalibrate", train.images, torch.device("cpu"), 0)
     assert choose_freeze_layers(again, train, 4, 3, torch.device("cpu"), seed=0) == (depth, details)
+
+
+def test_auto_builds_once_and_gives_the_model_a_fresh_build_at_the_chosen_depth_would_be(monkeypatch):
+    train = _stripes(30, seed=1)
+    # Stripes tie at every depth (3 is taken); pin the choice at 1 to see the probe model re-frozen shallower.
+    import ptdefense.defenses.depth as depth_module
+
+    real_choice = depth_module.choose_freeze_layers
+    monkeypatch.setattr(depth_module, "choose_freeze_layers",
+                        lambda *args, **kwargs: (1, {**real_choice(*args, **kwargs)[1], "freeze_layers_chosen": 1}))
+    builds = []
+
+    def build(depth: int):
+        builds.append(depth)
+        return build_partial_model("resnet_small", 1, 4, 8, depth, "recalibrate", train.images, torch.device("cpu"), 0)
+
+    model, depth, choice = resolve_freeze_layers("auto", build, train, 4, 5, torch.device("cpu"), seed=0)
+    assert builds == [3] and depth == 1 and choice["freeze_layers_chosen"] == 1 and model.frozen_prefix == 1
+    fresh = build(depth)
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == \
+        [name for name, p in fresh.named_parameters() if p.requires_grad]
+    for (name, ours), theirs in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(ours, theirs), name  # weights and BatchNorm statistics untouched by the probe
+    fixed, depth_two, nothing = resolve_freeze_layers(2, build, train, 4, 5, torch.device("cpu"), seed=0)
+    assert (depth_two, nothing, fixed.frozen_prefix) == (2, {}, 2)

@@ -188,7 +188,7 @@ def test_unknown_model_lists_choices():
     assert "resnet18" in message
 
 
-@pytest.mark.parametrize("freeze", [5, 6, 64])
+@pytest.mark.parametrize("freeze", [5, 6, 64, 1000])
 def test_freeze_layers_too_large_for_resnet_small(freeze):
     message = _error({"freeze_layers": freeze})
     assert f"freeze_layers={freeze}" in message
@@ -208,8 +208,10 @@ def test_freeze_layers_range_follows_the_model():
     assert "0..5" in message
 
 
-def test_freeze_layers_negative():
-    assert "freeze_layers" in _error({"freeze_layers": -1})
+def test_freeze_layers_negative_gets_one_message_naming_both_choices():
+    message = _error({"freeze_layers": -1})
+    assert message.count("freeze_layers") == 1  # not one message per member of the int | "auto" union
+    assert "invalid value -1" in message and "auto" in message and "number of leading blocks" in message
 
 
 def test_freeze_layers_auto_is_the_default_and_is_accepted_as_written():

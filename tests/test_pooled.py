@@ -47,22 +47,27 @@ def _bars(count: int, seed: int) -> ImageSet:
     return ImageSet(images.to(torch.uint8), labels)
 
 
-def _pooled(data: ImageSet) -> tuple[torch.Tensor, dict]:
+def _pooled(data: ImageSet, removed: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     # A stand-in for the frozen prefix's view: the row profile left of the trigger's corner (content only)
     profile = data.images[:, 0, :, 2:12].float().mean(2)
     features = F.normalize(profile - profile.mean(0), dim=1)
     votes = neighbour_votes(features, data.labels, 10)
     config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=300)
     isolated, _, details = pooled_test(data, features, votes, 10, "resnet_small", 8, config, torch.device("cpu"),
-                                       seed=0, alpha=1e-3, threshold=0.1)
+                                       seed=0, alpha=1e-3, threshold=0.1, removed=removed)
     return isolated, details
+
+
+def _all_to_all(data: ImageSet) -> torch.Tensor:
+    poison = torch.randperm(2000, generator=torch.Generator().manual_seed(2))[:200]  # a tenth, noise or not
+    data.images[poison, 0, 13:16, 13:16] = 255  # a white corner square
+    data.labels[poison] = (data.labels[poison] + 1) % 10  # every label y → y + 1
+    return poison
 
 
 def test_an_all_to_all_trigger_is_found_and_isolated_across_labels():
     data = _bars(2000, seed=1)
-    poison = torch.randperm(2000, generator=torch.Generator().manual_seed(2))[:200]  # a tenth, noise or not
-    data.images[poison, 0, 13:16, 13:16] = 255  # a white corner square
-    data.labels[poison] = (data.labels[poison] + 1) % 10  # every label y → y + 1
+    poison = _all_to_all(data)
     isolated, details = _pooled(data)
     assert details["confirmed"], details
     found = int(torch.isin(isolated, poison).sum())
@@ -75,4 +80,28 @@ def test_label_noise_alone_does_not_pass_the_pooled_test():
     isolated, details = _pooled(_bars(2000, seed=1))
     assert details["pool"] > 50  # the mislabelled 5% disagree with their neighbours...
     assert not details["confirmed"], details  # ...but shares no trigger
+    assert isolated.numel() == 0
+
+
+def test_after_one_receiving_label_is_isolated_the_rest_of_an_all_to_all_trigger_is_still_found():
+    # As when the per-label test confirms one label of an all-to-all attack and isolates its poison.
+    data = _bars(2000, seed=1)
+    poison = _all_to_all(data)
+    removed = torch.zeros(2000, dtype=torch.bool)
+    removed[poison[data.labels[poison] == 1]] = True
+    left = poison[~removed[poison]]
+    isolated, details = _pooled(data, removed)
+    assert details["confirmed"], details
+    assert int(torch.isin(isolated, left).sum()) >= 0.9 * left.numel()
+    assert len(set(data.labels[isolated].tolist()) - {1}) == 9  # the other nine labels' poison
+
+
+def test_once_every_poisoned_sample_is_removed_the_pooled_test_finds_nothing_left():
+    # As in an all-to-one attack whose target label was confirmed and isolated: what is left is clean.
+    data = _bars(2000, seed=1)
+    poison = _all_to_all(data)
+    removed = torch.zeros(2000, dtype=torch.bool)
+    removed[poison] = True
+    isolated, details = _pooled(data, removed)
+    assert not details["confirmed"], details
     assert isolated.numel() == 0

@@ -109,15 +109,22 @@ def method_rows(table: dict[str, dict]) -> list[dict]:
             for method, row in table.items()]
 
 
-def comparison_title(params: Params) -> str:
+def freeze_layers_label(params: Params, used: int | None) -> str:
+    """`freeze_layers=3`, or with `auto` the depth it chose: `freeze_layers=auto (3)`."""
+    if params.freeze_layers == "auto" and used is not None:
+        return f"freeze_layers=auto ({used})"
+    return f"freeze_layers={params.freeze_layers}"
+
+
+def comparison_title(params: Params, freeze_layers_used: int | None = None) -> str:
     attacked = f"scan of {params.data.root}" if params.attack.name == "none" else params.attack.name
     return (f"Comparison: {attacked} on {params.data.name}, {params.model.name}, "
-            f"freeze_layers={params.freeze_layers}, isolation {params.isolation.method}")
+            f"{freeze_layers_label(params, freeze_layers_used)}, isolation {params.isolation.method}")
 
 
 def write_figures(params: Params, labels: torch.Tensor, is_poison: torch.Tensor, sweep_defined: bool,
                   losses: dict[str, torch.Tensor], pt_scores: torch.Tensor, flagged: list[int], table: dict,
-                  plots_dir: Path) -> list[Path]:
+                  plots_dir: Path, freeze_layers_used: int | None = None) -> list[Path]:
     """The loss histograms, the isolation sweep and the per-method bars (PNG, and CSV for `dvc plots`).
 
     `losses` holds each ranking's per-sample losses: partial (PT's partial model), full (the
@@ -126,7 +133,8 @@ def write_figures(params: Params, labels: torch.Tensor, is_poison: torch.Tensor,
     from ptdefense.plots import plot_isolation_sweep, plot_loss_histograms, plot_method_scores
 
     histogram = plots_dir / "loss_histogram.png"
-    plot_loss_histograms([(f"PT partial training (freeze_layers={params.freeze_layers})", losses["partial"]),
+    plot_loss_histograms([(f"PT partial training ({freeze_layers_label(params, freeze_layers_used)})",
+                           losses["partial"]),
                           ("full training (backdoored model)", losses["full"]),
                           (f"ABL isolation model ({params.abl.loss}, γ={params.abl.gamma:g})", losses["abl"])],
                          is_poison, histogram, focus=torch.isin(labels, torch.tensor(flagged, dtype=torch.int64)),

@@ -262,7 +262,7 @@ class MlflowParams(StrictSection):
 
 class Params(StrictSection):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
-    freeze_layers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = "auto"
+    freeze_layers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"  # the model bounds it: _cross_checks
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     data: DataParams = DataParams()
     attack: AttackParams = AttackParams()
@@ -278,7 +278,9 @@ class Params(StrictSection):
     @field_validator("freeze_layers", mode="before")
     @classmethod
     def _auto_or_block_count(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and value != "auto"):
+        # Checked here in full, so a bad value gets this one line, not one message per union member.
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and value != "auto") \
+                or (isinstance(value, int) and value < 0):
             raise ValueError(f"invalid value {value!r}; use auto (picked from the data by partial-train) "
                              "or the number of leading blocks to freeze (0 to the model's blocks - 1)")
         return value

@@ -270,7 +270,8 @@ def _resume(model, train, config, seed, description, suppress, suppress_weight, 
     key = fingerprint(scope, description, config, seed,
                       [train.images, train.labels, None if suppress is None else suppress.images,
                        None if suppress is None else suppress.labels], model,
-                      extra=f"suppress_weight={suppress_weight}")
+                      # The frozen depth is not in the weights, and `auto` picks it at run time.
+                      extra=f"suppress_weight={suppress_weight}|frozen_prefix={getattr(model, 'frozen_prefix', 0)}")
     state = load_checkpoint(path, key)
     if state is None:
         return (path, key), 0

@@ -37,7 +37,8 @@ GRID = 4  # frozen feature maps are average-pooled to GRID × GRID: coarse layou
 DIMENSIONS = 64  # then projected on their leading principal components (speed: kNN is N² · d)
 NEIGHBOURS = 10
 VIEW_SPREAD = 50.0  # each image is rescaled to this standard deviation (uint8 units) around mid-grey
-VIEW_BLUR_SIGMA = 1.0  # pixels: Gaussian low-pass before the prefix (of 1.0, 1.5 and 2.0, 1.0 split poison from clean best)
+# Pixels: a Gaussian low-pass before the prefix (of 1.0, 1.5 and 2.0, 1.0 split poison from clean best).
+VIEW_BLUR_SIGMA = 1.0
 
 
 def content_view(images: torch.Tensor) -> torch.Tensor:

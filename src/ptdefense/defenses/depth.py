@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import Callable
 
 import torch
 
@@ -73,3 +74,19 @@ def choose_freeze_layers(model, train: ImageSet, num_classes: int, deepest: int,
     return depth, {"freeze_layers_chosen": depth, "sample_count": int(chosen.numel()),
                    "median_label_agreement": {str(d): round(share, 6) for d, share in agreement.items()},
                    "tie_tolerance": round(tolerance, 6)}
+
+
+def resolve_freeze_layers(requested: int | str, build: Callable[[int], object], train: ImageSet, num_classes: int,
+                          block_count: int, device: torch.device, seed: int) -> tuple[object, int, dict]:
+    """The partial model and its frozen depth, as params ask: a number as is, or `auto` chosen above.
+
+    `build(depth)` makes the partial model frozen at `depth`. With `auto`, the model built for the
+    deepest depth is probed, then re-frozen at the chosen one: freezing does not touch the weights or
+    the BatchNorm statistics, so it is the model `build(chosen)` would make, built once."""
+    if requested != "auto":
+        return build(int(requested)), int(requested), {}
+    deepest = deepest_auto_depth(block_count)
+    model = build(deepest)
+    depth, choice = choose_freeze_layers(model, train, num_classes, deepest, device, seed)
+    model.freeze_prefix(depth)
+    return model, depth, choice

@@ -94,7 +94,8 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         train, content, votes, num_classes, architecture, width, config, device, seed + 101,
         settings.confirm_alpha / (len(candidates) + 1), settings.quarantine_threshold, settings.quarantine_rounds,
         settings.quarantine_share, removed)
-    details["quarantine_sample_epochs"] = details.get("quarantine_sample_epochs", 0) + pooled.pop("quarantine_sample_epochs")
+    details["quarantine_sample_epochs"] = (details.get("quarantine_sample_epochs", 0)
+                                           + pooled.pop("quarantine_sample_epochs"))
     details["pooled_test"] = pooled
     if pooled["confirmed"]:
         isolated = torch.unique(torch.cat([isolated, pooled_isolated]))

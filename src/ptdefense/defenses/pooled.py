@@ -29,7 +29,12 @@ something that content does not explain.
    | MNIST 5k, all-to-all 10% | 450 | 158 / 20 | 63 / 5 |
 
    (23 of the MNIST all-to-all controls were themselves poisoned: triggered samples whose content
-   agrees with their new label.)
+   agrees with their new label.) With the content view (defenses/content.py) the pool is larger and
+   less pure: Fashion-MNIST 60k all-to-all 10% pools 10,943 samples, 2,960 of them poison (triggered
+   samples of one class relabelled alike cluster with each other). Half A is then three-quarters
+   clean and the model is rarely sure: above 0.99, 0 / 5,471 held-out pooled and 0 / 5,471 controls;
+   above 0.9, 117 (116 poison) against 2. So `CONFIDENT` is 0.9, where the clean sets above show
+   2 / 0, 1 / 0 and 7 / 1.
 5. If the test rejects, the held-out pooled samples above `SEED_PROBABILITY` seed `rounds`
    rounds of two cross-fitted quarantine models. Each model trains on one random half of the data
    (its seeds relabelled to the quarantine class, its samples outside the pool under their labels;
@@ -48,7 +53,7 @@ from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probab
                                             train_quarantine)
 from ptdefense.training import FitConfig
 
-CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test)
+CONFIDENT = 0.9  # a quarantine probability above this is "confidently quarantined" (the test; see step 4)
 SEED_PROBABILITY = 0.9  # held-out pooled samples above this seed the isolation (729 of 731 poison, measured)
 MIN_EXCESS = 5  # held-out pooled samples confidently quarantined beyond their controls, at the least
 
@@ -142,8 +147,9 @@ def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, nu
     details["seed_count"] = []
     for round_index in range(max(1, rounds)):
         details["seed_count"].append(int(seeds.numel()))
-        probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees | removed, num_classes, architecture,
-                                                              width, config, device, seed + 2 * round_index + 1, share)
+        probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees | removed, num_classes,
+                                                              architecture, width, config, device,
+                                                              seed + 2 * round_index + 1, share)
         details["quarantine_sample_epochs"] += sample_epochs
         seeds = torch.nonzero(probability > threshold).flatten()
     return seeds, probability, details
