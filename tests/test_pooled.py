@@ -53,7 +53,7 @@ def _pooled(data: ImageSet, removed: torch.Tensor | None = None) -> tuple[torch.
     features = F.normalize(profile - profile.mean(0), dim=1)
     votes = neighbour_votes(features, data.labels, 10)
     config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=300)
-    isolated, _, details = pooled_test(data, features, votes, 10, "resnet_small", 8, config, torch.device("cpu"),
+    isolated, _, details = pooled_test(data, features, votes.argmax(1) != data.labels, 10, "resnet_small", 8, config, torch.device("cpu"),
                                        seed=0, alpha=1e-3, threshold=0.1, removed=removed)
     return isolated, details
 

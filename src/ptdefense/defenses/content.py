@@ -59,9 +59,9 @@ def content_view(images: torch.Tensor) -> torch.Tensor:
 
 
 def content_features(model: BlockNet, images: torch.Tensor, freeze_layers: int, device: torch.device,
-                     batch_size: int = INFERENCE_BATCH_SIZE) -> torch.Tensor:
-    """The frozen prefix's features of each image's `content_view`, pooled and projected: one row per
-    image, unit length.
+                     batch_size: int = INFERENCE_BATCH_SIZE, view: bool = True) -> torch.Tensor:
+    """The frozen prefix's features of each image's `content_view` (the image itself with `view`
+    False), pooled and projected: one row per image, unit length.
 
     With nothing frozen there is no label-free network to ask, so the pooled pixels stand in."""
     model.to(device=device, memory_format=torch.channels_last).eval()
@@ -69,7 +69,8 @@ def content_features(model: BlockNet, images: torch.Tensor, freeze_layers: int, 
     pooled = []
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            features = to_input(content_view(images[start:start + batch_size]), device)
+            batch = images[start:start + batch_size]
+            features = to_input(content_view(batch) if view else batch, device)
             for block in prefix:
                 features = block(features)
             pooled.append(F.adaptive_avg_pool2d(features.float(), GRID).flatten(1).cpu())

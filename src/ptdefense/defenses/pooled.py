@@ -110,17 +110,19 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: tor
     return probability, sample_epochs
 
 
-def pooled_test(train: ImageSet, features: torch.Tensor, votes: torch.Tensor, num_classes: int, architecture: str,
+def pooled_test(train: ImageSet, features: torch.Tensor, disagrees: torch.Tensor, num_classes: int, architecture: str,
                 width: int | None, config: FitConfig, device: torch.device, seed: int, alpha: float,
                 threshold: float, rounds: int = 2, share: float = 0.0,
                 removed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Steps 1 to 5 of the module's story: (isolated indices, quarantine probability, details).
 
-    `removed` (a mask) holds samples already isolated by the per-label test: they are neither pooled,
-    nor controls, nor trained on, so the test asks whether poison is left in the rest."""
+    `disagrees` (a mask) marks the samples whose content disagrees with their label (step 1), and
+    `features` are what controls are matched on. `removed` (a mask) holds samples already isolated
+    by the per-label test: they are neither pooled, nor controls, nor trained on, so the test asks
+    whether poison is left in the rest."""
     labels = train.labels
     removed = torch.zeros(labels.numel(), dtype=torch.bool) if removed is None else removed
-    disagrees = (votes.argmax(1) != labels) & ~removed
+    disagrees = disagrees & ~removed
     pool = torch.nonzero(disagrees).flatten()
     half_a, half_b = split_halves(pool, seed)
     controls = matched_controls(features, half_b, ~disagrees & ~removed)
