@@ -8,7 +8,9 @@ clean set has such samples too (natural ambiguities), so disagreement alone prov
 trigger is what only the poison shares, and the test asks whether the disagreeing samples share
 something that content does not explain.
 
-1. The pool: every sample whose neighbours' majority is another label, split into halves A and B.
+1. The pool: every sample not yet isolated whose neighbours' majority is another label (the
+   caller's `disagrees`: defenses/isolation.py pools the content view's disagreement and the raw
+   images'), split into halves A and B.
 2. Controls matched on content: for each sample of B, its nearest sample (frozen features) that
    agrees with its label and is in neither half. Both B and the controls are held out.
 3. A quarantine model (defenses/quarantine.py) learns half A as its extra class and every other
