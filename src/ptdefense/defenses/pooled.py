@@ -31,12 +31,19 @@ something that content does not explain.
    | MNIST 5k, all-to-all 10% | 450 | 158 / 20 | 63 / 5 |
 
    (23 of the MNIST all-to-all controls were themselves poisoned: triggered samples whose content
-   agrees with their new label.) With the content view (defenses/content.py) the pool is larger and
-   less pure: Fashion-MNIST 60k all-to-all 10% pools 10,943 samples, 2,960 of them poison (triggered
-   samples of one class relabelled alike cluster with each other). Half A is then three-quarters
-   clean and the model is rarely sure: above 0.99, 0 / 5,471 held-out pooled and 0 / 5,471 controls;
-   above 0.9, 117 (116 poison) against 2. So `CONFIDENT` is 0.9, where the clean sets above show
-   2 / 0, 1 / 0 and 7 / 1.
+   agrees with their new label.) Measured again with the pool of defenses/isolation.py (the content
+   view's disagreement or the raw images'), partial models of the robustness cells, held out:
+
+   | set | held out | above 0.9: pooled / controls | above 0.99 |
+   |---|---|---|---|
+   | Fashion-MNIST 5k, BadNets 10%, label 0's poison removed | 581 | 73 / 18 | 0 / 0 |
+   | MNIST 5k, clean | 293 | 21 / 4 | 0 / 0 |
+   | MNIST 4k, BadNets 10%, label 0's poison removed | 236 | 23 / 2 | 1 / 0 |
+   | Fashion-MNIST 60k, all-to-all 10%, label 6's poison removed | 7,753 | 2,566 / 275 | 1,709 / 100 |
+
+   Above 0.9 small clean pools share enough ambiguity to reject (a cut of 0.9 isolated 27% of a
+   clean-labelled Fashion-MNIST 5k set); above 0.99 only poison landed (all 1,709 and all 100 of
+   the controls' were poisoned).
 5. If the test rejects, the held-out pooled samples above `SEED_PROBABILITY` seed `rounds`
    rounds of two cross-fitted quarantine models. Each model trains on one random half of the data
    (its seeds relabelled to the quarantine class, its samples outside the pool under their labels;
@@ -55,7 +62,7 @@ from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probab
                                             train_quarantine)
 from ptdefense.training import FitConfig
 
-CONFIDENT = 0.9  # a quarantine probability above this is "confidently quarantined" (the test; see step 4)
+CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test; see step 4)
 SEED_PROBABILITY = 0.9  # held-out pooled samples above this seed the isolation (729 of 731 poison, measured)
 MIN_EXCESS = 5  # held-out pooled samples confidently quarantined beyond their controls, at the least
 
