@@ -84,6 +84,18 @@ def test_poison_found_by_the_pooled_test_names_it_and_its_figures_not_a_cleared_
     assert verdict(details(pooled_test={"confirmed": False, "reason": "…"}), 0)["verdict"] == NO_POISON_FOUND
 
 
+def test_a_label_confirmed_and_the_pooled_test_confirmed_name_both_figures():
+    # All-to-all: one receiving label passes on its own, and the pooled test finds the rest.
+    shirt = {"confirmed": True, "held_out_seeds": 223, "held_out_seeds_quarantined": 118, "controls": 1012,
+             "controls_quarantined": 65, "p_value": 5e-55}
+    pooled = {"confirmed": True, "reason": "held-out disagreeing samples confidently quarantined 1709/7753, "
+                                           "content-matched controls 100/7753, p=0"}
+    result = verdict(details(suspicious_classes=list(range(10)), confirmation={"6": shirt}, pooled_test=pooled), 7219)
+    assert result["verdict"] == POISON_FOUND
+    assert "pooled test" in result["verdict_reason"] and "1709/7753" in result["verdict_reason"]
+    assert "label 6: held-out seeds quarantined 118/223" in result["verdict_reason"]
+
+
 def test_the_report_lists_every_statistic_for_every_label():
     report = verdict_markdown(verdict(details(), 0))
     assert "| label | diversity gap z | log spectral ratio z |" in report

@@ -57,19 +57,21 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
     summary = {"verdict_statistic": top_statistic, "verdict_label": top_label, "verdict_z": top_z,
                "verdict_clear_z": clear_z, "z": scores}
     pooled = details.get("pooled_test", {})
-    if isolated_count and pooled.get("confirmed"):
-        return {"verdict": POISON_FOUND, **summary,
-                "verdict_reason": f"{isolated_count} samples isolated from label(s) {details.get('suspicious_classes', [])} "
-                                  f"by the pooled test, poison spread over the labels ({pooled['reason']})"}
     if isolated_count:
         confirmed = details.get("suspicious_classes", [])
         tests = details.get("confirmation", {})
+        passed = [label for label in confirmed if tests.get(str(label), {}).get("confirmed")]
         figures = "; ".join(f"label {label}: held-out seeds quarantined {tests[str(label)]['held_out_seeds_quarantined']}"
                             f"/{tests[str(label)]['held_out_seeds']}, its other samples "
                             f"{tests[str(label)]['controls_quarantined']}/{tests[str(label)]['controls']}, "
-                            f"p={tests[str(label)]['p_value']:.2g}" for label in confirmed if str(label) in tests)
-        return {"verdict": POISON_FOUND, **summary,
-                "verdict_reason": f"{isolated_count} samples isolated from label(s) {confirmed} ({figures})"}
+                            f"p={tests[str(label)]['p_value']:.2g}" for label in passed)
+        if pooled.get("confirmed"):  # the pooled test (after any per-label isolation) found more
+            also = f"; and per label: {figures}" if figures else ""
+            reason = (f"{isolated_count} samples isolated from label(s) {confirmed} by the pooled test, poison "
+                      f"spread over the labels ({pooled['reason']}){also}")
+        else:
+            reason = f"{isolated_count} samples isolated from label(s) {confirmed} ({figures})"
+        return {"verdict": POISON_FOUND, **summary, "verdict_reason": reason}
     cleared = [(label, test.get("reason", "")) for label, test in details.get("confirmation", {}).items()
                if not test.get("confirmed")]
     if cleared:
