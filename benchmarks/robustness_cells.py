@@ -32,10 +32,13 @@ CELLS = (
 )
 
 # Isolate-stage-only cells outside the matrix (benchmarks/isolation_cells.py): the size of the held-out
-# handwritten-digit case (4,000 images), poisoned and clean.
+# handwritten-digit case (4,000 images), poisoned and clean; and a 10k CIFAR-10 subset, a cheap first
+# look at natural colour images, where the frozen prefix's content view agrees least with the labels.
 EXTRA_ISOLATION_CELLS = [
     {**_cell("mnist", 4000, "badnets", 0.1), "id": "small-mnist-4k-badnets"},
     {**_cell("mnist", 4000, "none", 0.0, 0.0), "id": "clean-mnist-4k"},
+    {**_cell("cifar10", 10000, "badnets", 0.1), "id": "small-cifar10-10k-badnets"},
+    {**_cell("cifar10", 10000, "none", 0.0, 0.0), "id": "clean-cifar10-10k"},
 ]
 
 UNSEEN_TARGET, UNSEEN_TEST_SIZE, UNSEEN_SEED = 0, 2000, 1234

@@ -85,8 +85,9 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
              "committed params.yaml, poison-data and partial-train run by DVC, then PT's isolation scored against "
              "the true poison. Candidates: label → the statistics whose z-score reached `isolation.flag_z`; "
              "test: held-out seeds quarantined / the label's other held-out samples quarantined. Pooled test "
-             "(when no label is confirmed): held-out disagreeing samples confidently quarantined / their "
-             "content-matched controls (defenses/pooled.py).", "",
+             "(over what the per-label test left; — where the cell was measured before it always ran): held-out "
+             "disagreeing samples confidently quarantined / their content-matched controls (defenses/pooled.py).",
+             "",
              "| cell | isolated | precision / recall / FPR (%) | candidates | test per candidate | pooled test | "
              "verdict | isolate s | commit |", "|---|---|---|---|---|---|---|---|---|"]
     # The matrix's cells in its order, then any other cell measured (sizes outside the matrix).

@@ -100,7 +100,8 @@ def test_the_verdict_agrees_with_isolation_and_tags_the_pipeline(workspace, repr
     assert judged["verdict"] in ("poison_found", "inconclusive", "no_poison_found")
     assert (judged["verdict"] == "poison_found") == (isolation["isolated_count"] > 0)
     assert judged["verdict_clear_z"] == 3.0 and judged["verdict_reason"]
-    assert set(judged["z"]) == {"content_disagreement", "easy_disagreement", "diversity_gap", "log_spectral_ratio"}
+    assert set(judged["z"]) == {"content_disagreement", "easy_disagreement", "diversity_gap", "log_spectral_ratio",
+                                 "easy_tail"}
     assert set(judged["z"]["diversity_gap"]) == set(isolation["diversity_gap"])  # every label scored
     assert f"# Verdict: {judged['verdict']}" in (workspace / "reports/verdict.md").read_text()
     runs = _mlflow_runs(workspace, "tags.`ptdefense.stage` = 'verdict'")

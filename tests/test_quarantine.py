@@ -202,3 +202,22 @@ def test_only_candidates_seeded_by_content_are_retested():
     assert not retestable(["log_spectral_ratio"], None)  # seeds: the label's low-loss mode
     assert not retestable(["diversity_gap"], None)
     assert not retestable(["easy_disagreement"], 40)  # method quarantine: the lowest-loss samples
+
+
+def test_a_candidate_too_thin_to_test_is_cleared_untested_and_trains_no_model():
+    """Nine seeds leave four held out, under MIN_HELD_OUT: no outcome of the test could confirm the
+    label, so it takes no part in the quarantine model (where it would only perturb the other
+    candidates' tests; Fashion-MNIST's trousers, nominated by easy_tail, had four seeds)."""
+    from ptdefense.defenses.quarantine import MIN_HELD_OUT, confirm_and_isolate
+
+    labels = torch.arange(4).repeat(50)
+    images = torch.randint(0, 255, (200, 1, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    easy = torch.zeros(200, dtype=torch.bool)
+    easy[torch.nonzero(labels == 2).flatten()[:2 * MIN_HELD_OUT - 1]] = True
+    config = FitConfig(epochs=1, batch_size=32, lr=0.05, precision="fp32", min_steps=1)
+    isolated, _, details = confirm_and_isolate(
+        ImageSet(images, labels), {2: ["easy_disagreement"]}, torch.rand(200), easy, 4, "resnet_small", 8, config,
+        torch.device("cpu"), 0, 0.99, 0.1, rounds=2, alpha=0.001, passes=3)
+    test = details["confirmation"]["2"]
+    assert not test["confirmed"] and test["seeds"] == 2 * MIN_HELD_OUT - 1 and "untested" in test["reason"], test
+    assert isolated.numel() == 0 and details["quarantine_sample_epochs"] == 0 and details["seed_count"] == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptdefense.defenses.signs import candidate_labels, label_statistics, spectral_ratio
+from ptdefense.defenses.signs import candidate_labels, easy_tail, label_statistics, spectral_ratio
 
 
 def test_spectral_ratio_measures_one_dominant_direction():
@@ -46,6 +46,38 @@ def test_a_label_split_along_one_feature_direction_is_a_candidate_by_its_spectra
     features[3 * count:3 * count + count // 2] -= trigger
     assert candidate_labels(label_statistics(logits, features, labels, classes, _no_content_signal(labels, classes)),
                             3.5)[0] == {}
+
+
+def test_easy_tail_reads_the_loss_of_a_labels_easiest_twentieth():
+    losses = torch.logspace(-4, 0, 101)  # log10 loss evenly from -4 to 0: its 5% quantile is -3.8
+    assert easy_tail(losses) == pytest.approx(3.8, abs=1e-6)
+    assert easy_tail(torch.zeros(30)) == pytest.approx(12.0)  # a perfect fit is floored, not infinite
+
+
+def test_a_label_with_a_tail_fitted_far_more_easily_than_the_others_is_a_candidate_by_its_easy_tail():
+    """Natural images: no label's content stands out, every label's losses spread over a decade or
+    two, and the poisoned label's triggered fifth is fitted a hundred times more easily."""
+    generator = torch.Generator().manual_seed(0)
+    count, classes = 400, 10
+    labels = torch.arange(classes).repeat_interleave(count)
+    log_loss = -0.3 + 0.5 * torch.randn(classes * count, generator=generator)  # clean: losses around 0.5
+    log_loss += 0.1 * labels  # classes differ in difficulty, as real ones do
+    features = torch.randn(classes * count, 8, generator=generator)
+
+    def statistics_for(log_loss: torch.Tensor) -> dict:
+        # Two-class logits whose cross-entropy is the wanted loss: label logit 0, one rival at log(e^loss - 1).
+        rival = torch.log(torch.expm1(10 ** log_loss).clamp(min=1e-30))
+        logits = torch.full((classes * count, classes), -30.0)
+        logits[torch.arange(classes * count), labels] = 0.0
+        logits[torch.arange(classes * count), (labels + 1) % classes] = rival
+        return label_statistics(logits, features, labels, classes, _no_content_signal(labels, classes))
+
+    assert "easy_tail" not in str(candidate_labels(statistics_for(log_loss), 3.5)[0])
+    poisoned = log_loss.clone()
+    poisoned[4 * count:4 * count + count // 5] = -2.5 + 0.3 * torch.randn(count // 5, generator=generator)
+    candidates, scores = candidate_labels(statistics_for(poisoned), 3.5)
+    assert "easy_tail" in candidates.get(4, [])
+    assert max(z for label, z in scores["easy_tail"].items() if label != "4") < 3.5
 
 
 def test_the_flag_is_relative_to_the_other_labels_not_to_a_fixed_margin():

@@ -236,9 +236,14 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     probability = torch.zeros(labels.numel())
     picked = {label: label_seeds(torch.nonzero(labels == label).flatten(), reasons, losses, easy, seed_confidence,
                                  seed, seed_count) for label, reasons in candidates.items()}
-    testable = {label: pair for label, pair in picked.items() if pair[0].numel()}
+    # A candidate whose held-out half (split_halves: n // 2 of n seeds) cannot reach MIN_HELD_OUT can never
+    # be confirmed; it is cleared untested and kept out of the model, whose other tests it would only perturb.
+    testable = {label: pair for label, pair in picked.items() if pair[0].numel() // 2 >= MIN_HELD_OUT}
     for label in set(picked) - set(testable):
-        details["confirmation"][str(label)] = {"confirmed": False, "reason": "cleared: no seeds"}
+        count = int(picked[label][0].numel())
+        details["confirmation"][str(label)] = {
+            "confirmed": False, "seeds": count,
+            "reason": f"cleared untested: {count} seeds leave {count // 2} held out (< {MIN_HELD_OUT})"}
     if not testable:
         return torch.empty(0, dtype=torch.int64), probability, details
     halves = {label: split_halves(seeds, seed + label) for label, (seeds, _) in testable.items()}

@@ -1,6 +1,6 @@
 """Signs of poison per label, read off the partial model, and the labels that stand out.
 
-Four statistics per label, each one number that poison raises:
+Five statistics per label, each one number that poison raises:
 - `content_disagreement`: the share of its samples whose content (the frozen prefix's nearest
   neighbours) points to another label (defenses/content.py). Dirty-label poison, any trigger;
 - `easy_disagreement`: the share that disagree *and* are fitted as easily as the label's agreeing
@@ -8,7 +8,16 @@ Four statistics per label, each one number that poison raises:
 - `diversity_gap`: runner-up diversity of the label's easiest tenth minus its hardest half;
 - `log_spectral_ratio`: log (σ1/σ2)² of the label's penultimate features (Tran et al., 2018), the
   clean-label attacks' sign: the partial model learns the trigger first, so the features of the
-  label spread along one direction, trigger present or not.
+  label spread along one direction, trigger present or not;
+- `easy_tail`: −log10 of the loss at the label's `EASY_TAIL_QUANTILE` (its easiest twentieth):
+  how easily the label's easiest samples are fitted. A trigger is fitted far more easily than any
+  content, so dirty-label poison sits orders of magnitude below its label's clean samples, even
+  where the frozen prefix's content view is too weak to show it (CIFAR-10 10k, BadNets 10%: the
+  poison's median loss 0.025 against 0.75 for clean samples, while 63% of the clean samples'
+  content disagreed with their labels). Measured z-scores (partial models of the isolation cells):
+  the poisoned label 6.1 on CIFAR-10 10k, 7.2 on MNIST 4k BadNets and MNIST 5k Blend; every label
+  of clean MNIST 4k and 5k below 1.7. On Fashion-MNIST some clean classes (trousers) are fitted as
+  easily as poison, and it shows nothing there: the content statistics carry those sets.
 
 Null model (the same as the verdict's, defenses/verdict.py): with no poison the labels are
 exchangeable, so each label's statistic is one more draw from the other labels' distribution,
@@ -29,7 +38,8 @@ from ptdefense.defenses.verdict import outlier_scores
 
 MIN_LABEL_SIZE = 20  # fewer samples than this: no statistic for the label
 CONTENT_STATISTICS = ("content_disagreement", "easy_disagreement")
-LOSS_STATISTICS = ("diversity_gap", "log_spectral_ratio")
+LOSS_STATISTICS = ("diversity_gap", "log_spectral_ratio", "easy_tail")
+EASY_TAIL_QUANTILE = 0.05  # poison above ~5% of its label shows (1% of a 10-class set is ~9% of the target)
 
 
 def spectral_ratio(features: torch.Tensor) -> float:
@@ -67,6 +77,11 @@ def diversity_gap(logits: torch.Tensor, losses: torch.Tensor, labels: torch.Tens
             - runner_up_diversity(logits[hardest], labels[hardest], num_classes))
 
 
+def easy_tail(losses: torch.Tensor) -> float:
+    """−log10 of the EASY_TAIL_QUANTILE of a label's per-sample losses (floored at 1e-12)."""
+    return -float(torch.quantile(losses.double().clamp(min=1e-12).log10(), EASY_TAIL_QUANTILE))
+
+
 def label_statistics(logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      content_shares: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """Every statistic, per label with at least MIN_LABEL_SIZE samples."""
@@ -81,6 +96,7 @@ def label_statistics(logits: torch.Tensor, features: torch.Tensor, labels: torch
             statistics[name][key] = content_shares[name][key]
         statistics["diversity_gap"][key] = diversity_gap(logits, losses, labels, label, num_classes)
         statistics["log_spectral_ratio"][key] = math.log(max(spectral_ratio(features[members]), 1e-12))
+        statistics["easy_tail"][key] = easy_tail(losses[members])
     return statistics
 
 

@@ -1,8 +1,8 @@
 """PT's verdict on a training set: poison_found, inconclusive or no_poison_found, with its statistic.
 
-The statistics are each label's outlier scores against the other labels, for the four signs of
+The statistics are each label's outlier scores against the other labels, for the five signs of
 poison that isolation reads off the partial model (defenses/signs.py): content disagreement, easy
-disagreement, the diversity gap and the log spectral ratio.
+disagreement, the diversity gap, the log spectral ratio and the easy tail.
 
 Null model: with no poison, the labels are exchangeable, so a label's statistic is one more draw
 from the distribution of the others. That distribution's centre and spread are estimated robustly
