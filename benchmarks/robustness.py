@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from dvc_workspace import copy_repo, env, merge  # noqa: E402
-from robustness_cells import CELLS, unseen_trigger_folder  # noqa: E402
-from robustness_report import render, render_isolation  # noqa: E402
+from robustness_cells import CELLS, EXTRA_CELLS, unseen_trigger_folder  # noqa: E402
+from robustness_report import render, render_extra, render_isolation  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CELL_RESULTS = RESULTS / "robustness"
@@ -169,7 +169,10 @@ def write_report(cells: list[dict] | None = None) -> None:
     isolation_file = RESULTS / "isolation_cells.json"
     isolation_rows = json.loads(isolation_file.read_text()) if isolation_file.is_file() else {}
     order = [cell["id"] for cell in CELLS]
-    (ROOT / "docs" / "robustness.md").write_text(render(cells, order) + render_isolation(isolation_rows, order))
+    extra = [json.loads((CELL_RESULTS / f"{cell['id']}.json").read_text()) for cell in EXTRA_CELLS
+             if (CELL_RESULTS / f"{cell['id']}.json").is_file()]
+    (ROOT / "docs" / "robustness.md").write_text(render(cells, order) + render_extra(extra)
+                                                 + render_isolation(isolation_rows, order))
 
 
 def main() -> None:
@@ -183,7 +186,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("~/.cache/ptdefense/robustness").expanduser())
     parser.add_argument("--datasets", type=Path, default=Path("~/.cache/ptdefense/datasets").expanduser())
     args = parser.parse_args()
-    chosen = [cell for cell in CELLS if any(fnmatch.fnmatch(cell["id"], pattern) for pattern in args.cells)]
+    chosen = [cell for cell in CELLS + EXTRA_CELLS
+              if any(fnmatch.fnmatch(cell["id"], pattern) for pattern in args.cells)]
     if args.list:
         for cell in chosen:
             print(cell["id"])

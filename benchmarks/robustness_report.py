@@ -42,26 +42,39 @@ def render(cells: list[dict], order: list[str]) -> str:
              "isolation ok | PT stages s | cell s | overrides |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell_id in order:
-        if cell_id not in by_id:
-            lines.append(f"| {cell_id} | not measured yet | | | | | | | | | | | |")
-            continue
-        cell = by_id[cell_id]
-        pair = {m: f"{_pct(cell[m]['clean_accuracy'])} / {_pct(cell[m]['attack_success_rate'])}"
-                for m in ("no_defense", "pt", "abl", "clean_reference")}
-        pt = cell["pt"]
-        isolation = (f"{_pct(pt['isolation_precision'])} / {_pct(pt['isolation_recall'])} / "
-                     f"{_pct(pt['isolation_false_positive_rate'])} ({pt['isolated_count']})")
-        met = criteria(cell)
-        overrides = cell.get("key", {}).get("overrides") or ""
-        lines.append(f"| {cell_id} | {pair['no_defense']} | {pair['pt']} | {pair['abl']} | {pair['clean_reference']} "
-                     f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
-                     f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {_seconds(pt.get('wall_seconds'))} "
-                     f"| {_seconds(cell.get('repro_seconds'))} | {overrides} |")
+        lines.append(_row(by_id[cell_id]) if cell_id in by_id else f"| {cell_id} | not measured yet | | | | | | | | | | | |")
     timed = [cell["repro_seconds"] for cell in cells if cell.get("repro_seconds")]
     lines += ["", f"{len(cells)} of {len(order)} cells measured; the {len(timed)} run here took "
               f"{sum(timed) / 3600:.1f} h of `dvc repro` in all (cell s: each cell's, all its stages; PT stages s: "
               "partial-train, isolate and finetune). A cell recorded with `--adopt` has no cell time."]
     return "\n".join(lines) + "\n"
+
+
+def _row(cell: dict) -> str:
+    pair = {m: f"{_pct(cell[m]['clean_accuracy'])} / {_pct(cell[m]['attack_success_rate'])}"
+            for m in ("no_defense", "pt", "abl", "clean_reference")}
+    pt = cell["pt"]
+    isolation = (f"{_pct(pt['isolation_precision'])} / {_pct(pt['isolation_recall'])} / "
+                 f"{_pct(pt['isolation_false_positive_rate'])} ({pt['isolated_count']})")
+    met = criteria(cell)
+    overrides = cell.get("key", {}).get("overrides") or ""
+    return (f"| {cell['id']} | {pair['no_defense']} | {pair['pt']} | {pair['abl']} | {pair['clean_reference']} "
+            f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
+            f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {_seconds(pt.get('wall_seconds'))} "
+            f"| {_seconds(cell.get('repro_seconds'))} | {overrides} |")
+
+
+def render_extra(cells: list[dict]) -> str:
+    """Full cells outside the matrix (robustness_cells.EXTRA_CELLS), in the matrix's columns."""
+    if not cells:
+        return ""
+    lines = ["", "## Full cells outside the matrix", "",
+             "The same run as a matrix cell, on data the matrix does not hold; kept out of "
+             "`benchmarks/results/robustness.json`, with results in `benchmarks/results/robustness/cells/`.", "",
+             "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
+             "isolation ok | PT stages s | cell s | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines + [_row(cell) for cell in cells]) + "\n"
 
 
 def _seconds(value) -> str:

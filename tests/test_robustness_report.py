@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from robustness_report import criteria, render  # noqa: E402
+from robustness_report import criteria, render, render_extra  # noqa: E402
 
 
 def cell(pt_ca=0.91, pt_asr=0.005, abl=(0.85, 0.05), reference=(0.91, 0.01), recall=0.99, fpr=0.001, rate=0.1,
@@ -46,6 +46,13 @@ def test_the_table_lists_unmeasured_cells():
     table = render([cell()], ["c", "d"])
     assert "| d | not measured yet |" in table
     assert "| c | 91.00 / 100.00 | 91.00 / 0.50 |" in table
+
+
+def test_cells_outside_the_matrix_get_their_own_table_and_no_unmeasured_rows():
+    assert render_extra([]) == ""
+    table = render_extra([cell(pt_asr=0.03)])
+    assert "## Full cells outside the matrix" in table and "not measured" not in table
+    assert "| c | 91.00 / 100.00 | 91.00 / 3.00 |" in table and "| **no** |" in table  # ASR above the bound
 
 
 def test_the_isolation_table_shows_each_candidate_and_its_test():
