@@ -28,6 +28,7 @@ import torch
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import content_features, neighbour_votes
+from ptdefense.models.blocknet import BlockNet
 
 TIE_STANDARD_ERRORS = 2.0
 SAMPLE_LIMIT = 10_000  # samples the choice reads (seeded): the kNN is N² and the share's error ~1/√N
@@ -76,8 +77,8 @@ def choose_freeze_layers(model, train: ImageSet, num_classes: int, deepest: int,
                    "tie_tolerance": round(tolerance, 6)}
 
 
-def resolve_freeze_layers(requested: int | str, build: Callable[[int], object], train: ImageSet, num_classes: int,
-                          block_count: int, device: torch.device, seed: int) -> tuple[object, int, dict]:
+def resolve_freeze_layers(requested: int | str, build: Callable[[int], BlockNet], train: ImageSet, num_classes: int,
+                          block_count: int, device: torch.device, seed: int) -> tuple[BlockNet, int, dict]:
     """The partial model and its frozen depth, as params ask: a number as is, or `auto` chosen above.
 
     `build(depth)` makes the partial model frozen at `depth`. With `auto`, the model built for the
