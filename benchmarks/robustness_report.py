@@ -70,7 +70,7 @@ def render_extra(cells: list[dict]) -> str:
         return ""
     lines = ["", "## Full cells outside the matrix", "",
              "The same run as a matrix cell, on data the matrix does not hold; kept out of "
-             "`benchmarks/results/robustness.json`, with results in `benchmarks/results/robustness/cells/`.", "",
+             "`benchmarks/results/robustness.json`, with results in `benchmarks/results/robustness/`.", "",
              "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
              "isolation ok | PT stages s | cell s | overrides |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
