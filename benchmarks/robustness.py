@@ -19,6 +19,9 @@ ABL and the clean reference on the same poisoned data.
   machine with native bf16); the overrides are recorded in each result. The matrix itself runs the
   committed defaults.
 - MNIST and CIFAR-10 come from data/offline_copies.py (built on first use into --datasets).
+- Cells outside the matrix (robustness_cells.EXTRA_CELLS, e.g. small-cifar10-10k-badnets) run like
+  any cell, also under the default `--cells '*'`; they are rendered in their own table and kept out
+  of robustness.json.
 - Results: benchmarks/results/robustness.json (`{"cells": [...]}`), and docs/robustness.md, rendered
   from it with each cell's pass/fail against the issue's criteria.
 """
@@ -197,7 +200,7 @@ def main() -> None:
     CELL_RESULTS.mkdir(parents=True, exist_ok=True)
     for pair in args.adopt:
         cell_id, _, directory = pair.partition("=")
-        cell = next((cell for cell in CELLS if cell["id"] == cell_id), None)
+        cell = next((cell for cell in CELLS + EXTRA_CELLS if cell["id"] == cell_id), None)
         if cell is None or overrides:
             raise SystemExit(f"--adopt {pair}: {'no such cell (see --list)' if cell is None else 'not with --set'}")
         write_cell(adopt_cell(cell, Path(directory).resolve(), args.datasets, args.work / key["commit"]), key)

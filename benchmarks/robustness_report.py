@@ -81,6 +81,15 @@ def _seconds(value) -> str:
     return "—" if value is None else f"{value:.0f}"
 
 
+def _untested(test: dict) -> str:
+    """A candidate the quarantine test never ran on: too few seeds, or easy_tail's turn never came."""
+    reason = test.get("reason", "")
+    if "seeds" in test:
+        return f"untested ({test['seeds']} seeds)"
+    return "not tested (easy_tail alone; another label confirmed)" if reason.startswith("not tested") else \
+        f"cleared ({reason or 'no test recorded'})"
+
+
 def _passes(test: dict) -> str:
     """' (pass 3; earlier: 7/49 vs 2/117, ...)' for a label tested more than once, else ''."""
     earlier = test.get("earlier_passes") or []
@@ -107,10 +116,10 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
     for cell_id in [cell_id for cell_id in order if cell_id in rows] + sorted(set(rows) - set(order)):
         row = rows[cell_id]
         tests = "; ".join(
-            f"{label}: {test.get('held_out_seeds_quarantined', '—')}/{test.get('held_out_seeds', '—')} vs "
-            f"{test.get('controls_quarantined', '—')}/{test.get('controls', '—')}"
-            f"{' confirmed' if test.get('confirmed') else ' cleared'}"
-            f"{_passes(test)}"
+            (f"{label}: {test.get('held_out_seeds_quarantined', '—')}/{test.get('held_out_seeds', '—')} vs "
+             f"{test.get('controls_quarantined', '—')}/{test.get('controls', '—')}"
+             f"{' confirmed' if test.get('confirmed') else ' cleared'}{_passes(test)}")
+            if "controls" in test or test.get("confirmed") else f"{label}: {_untested(test)}"
             for label, test in sorted(row.get("confirmation", {}).items()))
         candidates = "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in sorted(row["candidates"].items()))
         pooled = row.get("pooled_test") or {}

@@ -1,10 +1,12 @@
 """Candidates nominated by easy_tail alone are tested only when no other candidate is confirmed
-(defenses/isolation.py, confirm_in_turn), on small synthetic images with a real quarantine model."""
+(defenses/isolation.py, confirm_in_turn): on small synthetic images with a real quarantine model, and
+with a stub in its place for the bookkeeping (alpha shares, which scores are kept)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from ptdefense.data.dataset import ImageSet
@@ -59,3 +61,34 @@ def test_an_easy_tail_candidate_is_tested_when_no_other_label_is_confirmed():
     assert len(details["seed_count"]) == 2  # one quarantine model per group
     assert len(set(isolated.tolist()) & set(poison.tolist())) >= 0.9 * poison.numel()
     assert len(set(isolated.tolist()) - set(poison.tolist())) <= 5
+
+
+def test_each_group_gets_its_bonferroni_share_and_a_group_too_thin_to_test_keeps_the_last_scores(monkeypatch):
+    """A stub in place of the quarantine test: the primary group (two labels) is cleared after training
+    a model, and the easy_tail group (one label) has too few seeds to train any. Each group is tested
+    at confirm_alpha × its share of the three candidates, and the trained model's scores are kept."""
+    from ptdefense.defenses import isolation
+
+    calls, scores = [], torch.linspace(0, 1, 20)
+
+    def stub(train, group, *args):
+        calls.append((sorted(group), args[11]))  # args[11]: the alpha passed on
+        if 0 in group:  # the easy_tail group: nothing testable, no model, zero scores
+            return torch.empty(0, dtype=torch.int64), torch.zeros(20), {
+                "confirmation": {"0": {"confirmed": False}}, "seed_count": [], "quarantine_sample_epochs": 0,
+                "confirmed_classes": []}
+        return torch.empty(0, dtype=torch.int64), scores, {
+            "confirmation": {str(label): {"confirmed": False} for label in group}, "seed_count": [12],
+            "seed_copies": [1], "quarantine_sample_epochs": 240, "confirmed_classes": []}
+
+    monkeypatch.setattr(isolation, "confirm_and_isolate", stub)
+    train = ImageSet(torch.zeros(20, 1, 4, 4, dtype=torch.uint8), torch.arange(4).repeat(5))
+    candidates = {0: ["easy_tail"], 1: ["content_disagreement"], 2: ["diversity_gap", "easy_tail"]}
+    isolated, probability, details = confirm_in_turn(train, candidates, torch.rand(20), torch.zeros(20, dtype=torch.bool),
+                                                     4, "resnet_small", 8, CONFIG, torch.device("cpu"), 0, SETTINGS,
+                                                     None)
+    assert [group for group, _ in calls] == [[1, 2], [0]]
+    assert [alpha for _, alpha in calls] == [pytest.approx(0.001 * 2 / 3), pytest.approx(0.001 / 3)]
+    assert torch.equal(probability, scores) and isolated.numel() == 0
+    assert details["seed_count"] == [12] and details["seed_copies"] == [1]
+    assert details["quarantine_sample_epochs"] == 240 and set(details["confirmation"]) == {"0", "1", "2"}

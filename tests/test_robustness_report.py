@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from robustness_report import criteria, render, render_extra  # noqa: E402
+from robustness_report import criteria, render, render_extra, render_isolation  # noqa: E402
 
 
 def cell(pt_ca=0.91, pt_asr=0.005, abl=(0.85, 0.05), reference=(0.91, 0.01), recall=0.99, fpr=0.001, rate=0.1,
@@ -90,3 +90,12 @@ def test_the_isolation_table_shows_a_later_pass_and_cells_outside_the_matrix():
     table = render_isolation({"extra-4k": row, "m": row}, ["m"])
     assert "0: 36/49 vs 35/117 confirmed (pass 2, 230 left out; earlier: 7/49 vs 2/117)" in table
     assert table.index("| m |") < table.index("| extra-4k |")  # the matrix first, then the rest
+
+
+def test_the_isolation_table_says_why_a_candidate_was_not_tested():
+    row = {"commit": "abc", "isolated_count": 0, "candidates": {"1": ["easy_tail"], "4": ["easy_tail"]},
+           "confirmation": {"1": {"confirmed": False, "seeds": 4, "reason": "cleared untested: 4 seeds leave 2"},
+                            "4": {"confirmed": False, "reason": "not tested: easy_tail alone nominated it"}},
+           "verdict": "inconclusive", "isolate_seconds": 1.0}
+    table = render_isolation({"m": row}, [])
+    assert "1: untested (4 seeds); 4: not tested (easy_tail alone; another label confirmed)" in table

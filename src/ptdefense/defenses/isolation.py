@@ -4,7 +4,9 @@ Three rules (isolation.method):
 - ratio: the lowest-loss `ratio` share, globally (naive PT);
 - auto (default): labels whose signs of poison stand out (defenses/signs.py) are candidates; each
   is tested with a quarantine class trained on half its seeds, and only the labels that pass are
-  isolated from (defenses/quarantine.py). Seeds come from the frozen prefix's view of content
+  isolated from (defenses/quarantine.py). Labels nominated by `easy_tail` alone are tested only
+  when no other candidate is confirmed (confirm_in_turn), and a candidate with too few seeds to
+  hold out is cleared untested. Seeds come from the frozen prefix's view of content
   (defenses/content.py) or from the label's low-loss mode, so no poison rate is assumed;
 - quarantine: the same, with `seed_ratio` × N lowest-loss seeds shared among the candidates.
 
@@ -97,11 +99,13 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
                     "confirmed": False, "reason": "not tested: easy_tail alone nominated it, and another label "
                                                   "was confirmed (defenses/isolation.py, confirm_in_turn)"}
             continue
-        isolated, probability, found = confirm_and_isolate(
+        group_isolated, group_probability, found = confirm_and_isolate(
             train, group, losses, easy, num_classes, architecture, width, config, device, seed,
             settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds,
             settings.confirm_alpha * len(group) / len(candidates), seed_count, settings.quarantine_share,
             settings.confirm_passes)
+        if found["seed_count"]:  # a model was trained: its scores rank the samples (a group too thin to test has none)
+            isolated, probability = group_isolated, group_probability
         merged["confirmation"].update(found["confirmation"])
         merged["seed_count"] += found["seed_count"]
         merged["quarantine_sample_epochs"] += found["quarantine_sample_epochs"]

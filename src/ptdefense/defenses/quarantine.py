@@ -245,7 +245,7 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
             "confirmed": False, "seeds": count,
             "reason": f"cleared untested: {count} seeds leave {count // 2} held out (< {MIN_HELD_OUT})"}
     if not testable:
-        return torch.empty(0, dtype=torch.int64), probability, details
+        return torch.empty(0, dtype=torch.int64), probability, {**details, "confirmed_classes": []}
     halves = {label: split_halves(seeds, seed + label) for label, (seeds, _) in testable.items()}
     controls = {label: control_sample(labels, label, *testable[label], seed + label) for label in testable}
     # Round 1 trains on every sample but half B and the controls, each under its own label (half A

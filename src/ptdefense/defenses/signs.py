@@ -16,8 +16,10 @@ Five statistics per label, each one number that poison raises:
   poison's median loss 0.025 against 0.75 for clean samples, while 63% of the clean samples'
   content disagreed with their labels). Measured z-scores (partial models of the isolation cells):
   the poisoned label 6.1 on CIFAR-10 10k, 7.2 on MNIST 4k BadNets and MNIST 5k Blend; every label
-  of clean MNIST 4k and 5k below 1.7. On Fashion-MNIST some clean classes (trousers) are fitted as
-  easily as poison, and it shows nothing there: the content statistics carry those sets.
+  of clean MNIST 4k and 5k below 1.7. On Fashion-MNIST some clean classes are fitted as easily as
+  poison, so it misses the target there and may nominate a clean label (trousers at z 4.6 in a
+  WaNet run); the content statistics carry those sets, and a label it alone nominates is tested
+  only when no other candidate is confirmed (isolation.confirm_in_turn).
 
 Null model (the same as the verdict's, defenses/verdict.py): with no poison the labels are
 exchangeable, so each label's statistic is one more draw from the other labels' distribution,
