@@ -54,8 +54,12 @@ ISOLATION_KEYS = ("isolation_precision", "isolation_recall", "isolation_false_po
 
 
 def commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    """HEAD's short hash, with "-dirty" when the code the stages run differs from it (uncommitted edits)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
+    edited = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "stages", "params.yaml", "dvc.yaml"],
+                            cwd=ROOT).returncode != 0
+    return f"{head}-dirty" if edited else head
 
 
 def parse_overrides(pairs: list[str]) -> dict:

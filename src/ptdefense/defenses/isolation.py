@@ -25,7 +25,7 @@ from ptdefense.defenses.content import content_features, easy_disagreement, neig
 from ptdefense.defenses.lowest_loss import Isolation, isolate_lowest_loss  # noqa: F401 (re-exported)
 from ptdefense.defenses.pooled import pooled_test
 from ptdefense.defenses.quarantine import confirm_and_isolate
-from ptdefense.defenses.signs import candidate_labels, label_statistics
+from ptdefense.defenses.signs import FALLBACK_STATISTICS, candidate_labels, label_statistics
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, predict_logits, to_input
 
@@ -85,7 +85,7 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
     isolation took 11,532 samples at 52% precision (FPR 10.2%, against 2.26% without it). It is the
     sign for data whose content view is blind (CIFAR-10), where no other candidate is confirmed.
     Each group is tested at its Bonferroni share of `confirm_alpha` (its candidates out of all)."""
-    primary = {label: reasons for label, reasons in candidates.items() if set(reasons) - {"easy_tail"}}
+    primary = {label: reasons for label, reasons in candidates.items() if set(reasons) - set(FALLBACK_STATISTICS)}
     fallback = {label: reasons for label, reasons in candidates.items() if label not in primary}
     merged: dict = {"candidates": {str(label): reasons for label, reasons in candidates.items()}, "seed_count": [],
                     "quarantine_sample_epochs": 0, "confirmation": {}, "confirmed_classes": []}
@@ -94,10 +94,10 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
         if not group:
             continue
         if merged["confirmed_classes"]:
+            reason = (f"not tested: {'/'.join(FALLBACK_STATISTICS)} alone nominated it, and another label was "
+                      "confirmed (defenses/isolation.py, confirm_in_turn)")
             for label in group:
-                merged["confirmation"][str(label)] = {
-                    "confirmed": False, "reason": "not tested: easy_tail alone nominated it, and another label "
-                                                  "was confirmed (defenses/isolation.py, confirm_in_turn)"}
+                merged["confirmation"][str(label)] = {"confirmed": False, "reason": reason}
             continue
         group_isolated, group_probability, found = confirm_and_isolate(
             train, group, losses, easy, num_classes, architecture, width, config, device, seed,
@@ -113,6 +113,16 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
             merged["seed_copies"] = merged.get("seed_copies", []) + found["seed_copies"]
         merged["confirmed_classes"] = found.get("confirmed_classes", [])
     return isolated, probability, merged
+
+
+def cleared_and_untested(quarantine: dict) -> tuple[list[int], list[int]]:
+    """The candidates that were tested and not confirmed, and those never tested (too few seeds to
+    hold out, or nominated by a fallback statistic alone while another label was confirmed)."""
+    untested = sorted(int(label) for label, test in quarantine["confirmation"].items()
+                      if test.get("reason", "").startswith(("cleared untested", "not tested")))
+    confirmed = set(quarantine.get("confirmed_classes", []))
+    cleared = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed | set(untested)]
+    return cleared, untested
 
 
 def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int, architecture: str,
@@ -141,7 +151,7 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         details.update(quarantine)
         confirmed = quarantine.get("confirmed_classes", [])
         details["suspicious_classes"] = confirmed
-        details["cleared_classes"] = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed]
+        details["cleared_classes"], details["untested_classes"] = cleared_and_untested(quarantine)
     # Is poison left outside the confirmed labels, spread over many (all-to-all)? Always asked: all-to-all
     # poison can make one receiving label stand out, and that label's isolation leaves the rest behind.
     removed = torch.zeros(len(train), dtype=torch.bool)

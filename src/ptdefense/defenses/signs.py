@@ -42,6 +42,8 @@ MIN_LABEL_SIZE = 20  # fewer samples than this: no statistic for the label
 CONTENT_STATISTICS = ("content_disagreement", "easy_disagreement")
 LOSS_STATISTICS = ("diversity_gap", "log_spectral_ratio", "easy_tail")
 EASY_TAIL_QUANTILE = 0.05  # poison above ~5% of its label shows (1% of a 10-class set is ~9% of the target)
+# The least specific signs: a label that only these nominate is tested last (isolation.confirm_in_turn).
+FALLBACK_STATISTICS = ("easy_tail",)
 
 
 def spectral_ratio(features: torch.Tensor) -> float:
