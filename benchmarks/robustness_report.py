@@ -127,6 +127,11 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
                        f"{pooled['controls_confident']}/{pooled['controls']}"
                        f"{' confirmed' if pooled.get('confirmed') else ' cleared'}"
                        if "held_out_pooled" in pooled else "—" if "pooled_test" in row else "not recorded")
+        pooled_text += "".join(
+            f"; label {label} {'re-judged' if test['explained'] else 'kept'}: its isolated "
+            f"{test['isolated_pooled_quarantined']}/{test['isolated']} vs others {test['others_pooled_quarantined']}/"
+            f"{test['others']}" + (f", {test['kept']} kept" if test["explained"] else "")
+            for label, test in (pooled.get("rejudged") or {}).items())
         lines.append(f"| {cell_id} | {row['isolated_count']} | {_pct(row.get('isolation_precision'))} / "
                      f"{_pct(row.get('isolation_recall'))} / {_pct(row.get('isolation_false_positive_rate'))} "
                      f"| {candidates or '—'} | {tests or '—'} | {pooled_text} | {row['verdict']} "

@@ -105,3 +105,38 @@ def test_once_every_poisoned_sample_is_removed_the_pooled_test_finds_nothing_lef
     isolated, details = _pooled(data, removed)
     assert not details["confirmed"], details
     assert isolated.numel() == 0
+
+
+def test_a_confirmed_label_explained_by_the_pooled_model_keeps_only_what_that_model_quarantines():
+    """Step 6 on hand-made probabilities. Label 6: 100 isolated, 60 of them carrying the pooled
+    trigger (pooled probability 0.95) and 40 clean ambiguities (0.02); its 900 other samples at 0.01.
+    Label 0: 50 isolated whose trigger the pooled model never learnt (all at 0.01)."""
+    from ptdefense.defenses.pooled import rejudge_explained_labels
+
+    labels = torch.cat([torch.full((1000,), 6), torch.full((1000,), 0)])
+    isolated = torch.cat([torch.arange(100), torch.arange(1000, 1050)])
+    per_label = torch.zeros(2000)
+    per_label[isolated] = 0.9
+    pooled = torch.full((2000,), 0.01)
+    pooled[:60] = 0.95
+    pooled[60:100] = 0.02
+    kept, probability, tests = rejudge_explained_labels(labels, isolated, per_label, pooled, [0, 6], 0.1, 0.001)
+    assert tests["6"]["explained"] and tests["6"]["kept"] == 60
+    assert (tests["6"]["isolated_pooled_quarantined"], tests["6"]["others_pooled_quarantined"]) == (60, 0)
+    assert not tests["0"]["explained"]  # another trigger: its own isolation stands
+    assert set(kept.tolist()) == set(range(60)) | set(range(1000, 1050))
+    assert torch.equal(probability[:1000], pooled[:1000]) and torch.equal(probability[1000:], per_label[1000:])
+
+
+def test_a_label_whose_isolation_the_pooled_model_quarantines_no_more_than_its_other_samples_is_kept():
+    """The null: the pooled model's hits among the isolated (3 of 100) are no more frequent than
+    among the label's other samples (30 of 900), so the per-label isolation is left as it was."""
+    from ptdefense.defenses.pooled import rejudge_explained_labels
+
+    labels = torch.zeros(1000, dtype=torch.int64)
+    isolated = torch.arange(100)
+    pooled = torch.full((1000,), 0.01)
+    pooled[:3] = 0.5
+    pooled[100:130] = 0.5
+    kept, _, tests = rejudge_explained_labels(labels, isolated, torch.zeros(1000), pooled, [0], 0.1, 0.001)
+    assert not tests["0"]["explained"] and torch.equal(kept, isolated)

@@ -74,6 +74,10 @@ def test_the_isolation_table_shows_each_candidate_and_its_test():
               "confirmed": True}
     table = render_isolation({"m": {**row, "confirmation": {}, "pooled_test": pooled}}, ["m"])
     assert "| — | 177/6964 vs 0/6964 confirmed | poison_found |" in table
+    rejudged = {"6": {"isolated": 1416, "isolated_pooled_quarantined": 600, "others": 5184,
+                      "others_pooled_quarantined": 20, "p_value": 0.0, "explained": True, "kept": 600}}
+    table = render_isolation({"m": {**row, "pooled_test": {**pooled, "rejudged": rejudged}}}, ["m"])
+    assert "confirmed; label 6 re-judged: its isolated 600/1416 vs others 20/5184, 600 kept | poison_found |" in table
 
 
 def test_the_isolation_table_shows_a_later_pass_and_cells_outside_the_matrix():

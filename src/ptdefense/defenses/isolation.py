@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import content_features, easy_disagreement, neighbour_votes
 from ptdefense.defenses.lowest_loss import Isolation, isolate_lowest_loss  # noqa: F401 (re-exported)
-from ptdefense.defenses.pooled import pooled_test
+from ptdefense.defenses.pooled import pooled_test, rejudge_explained_labels
 from ptdefense.defenses.quarantine import confirm_and_isolate
 from ptdefense.defenses.signs import FALLBACK_STATISTICS, candidate_labels, label_statistics
 from ptdefense.models.blocknet import BlockNet
@@ -165,6 +165,10 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
                                            + pooled.pop("quarantine_sample_epochs"))
     details["pooled_test"] = pooled
     if pooled["confirmed"]:
+        if details["suspicious_classes"]:  # a confirmed label may be spread poison's largest receiver
+            isolated, probability, pooled["rejudged"] = rejudge_explained_labels(
+                train.labels, isolated, probability, pooled_probability, details["suspicious_classes"],
+                settings.quarantine_threshold, settings.confirm_alpha)
         isolated = torch.unique(torch.cat([isolated, pooled_isolated]))
         probability = torch.maximum(probability, pooled_probability) if details["suspicious_classes"] \
             else pooled_probability

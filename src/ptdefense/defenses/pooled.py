@@ -51,6 +51,16 @@ something that content does not explain.
    its poisoned labels) and scores the other half, so that no sample is scored by a model that
    learnt it. The samples above `threshold` are isolated, whatever their label, and seed the next
    round.
+6. A label the per-label test confirmed (defenses/quarantine.py) before the pooled test ran may be
+   its largest receiver of spread poison (all-to-all): its quarantine class learnt the trigger and
+   the label's natural ambiguities together, since both disagree with its content. When the pooled
+   model quarantines that label's isolated samples more often than its other samples (Fisher, one
+   sided), the trigger the pooled test found is in them, and the pooled model, which never trained
+   on them and whose null is built against shared ambiguity, judges the label: only its samples
+   above `threshold` there stay isolated (`rejudge_explained_labels`). Measured on Fashion-MNIST
+   60k, all-to-all BadNets 10%: label 6 (shirts) isolated 1,416, about 800 of them clean shirts
+   that look like coats and T-shirts; the final model, trained without them, classified 32% of the
+   test shirts correctly against the clean reference's 71%, and clean accuracy was 86.48% against 90.53%.
 """
 
 from __future__ import annotations
@@ -164,3 +174,33 @@ def pooled_test(train: ImageSet, features: torch.Tensor, disagrees: torch.Tensor
         details["quarantine_sample_epochs"] += sample_epochs
         seeds = torch.nonzero(probability > threshold).flatten()
     return seeds, probability, details
+
+
+def rejudge_explained_labels(labels: torch.Tensor, isolated: torch.Tensor, probability: torch.Tensor,
+                             pooled_probability: torch.Tensor, confirmed: list[int], threshold: float,
+                             alpha: float) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Step 6: the per-label isolation (`isolated`, `probability`) with each confirmed label that the
+    pooled model explains judged by the pooled model instead; and, per label, the test's figures.
+
+    Null model: the pooled model quarantines a confirmed label's isolated samples no more often than
+    the label's other samples, i.e. the trigger it learnt is not what that label's isolation found.
+    Rejected (one-sided Fisher at `alpha` / the confirmed labels, and an excess of MIN_EXCESS): the
+    label's isolation is replaced by its samples above `threshold` under the pooled model."""
+    mask = torch.zeros(labels.numel(), dtype=torch.bool)
+    mask[isolated] = True
+    pooled_hit = pooled_probability > threshold
+    kept, tests = mask.clone(), {}
+    for label in confirmed:
+        members = labels == label
+        inside, outside = members & mask, members & ~mask
+        hits, others = int(pooled_hit[inside].sum()), int(pooled_hit[outside].sum())
+        count, other_count = int(inside.sum()), int(outside.sum())
+        p_value = more_often_p_value(hits, count, others, other_count) if count and other_count else 1.0
+        explained = p_value <= alpha / max(1, len(confirmed)) and hits - others * count / max(1, other_count) >= MIN_EXCESS
+        tests[str(label)] = {"isolated": count, "isolated_pooled_quarantined": hits, "others": other_count,
+                             "others_pooled_quarantined": others, "p_value": p_value, "explained": explained}
+        if explained:
+            kept[inside & ~pooled_hit] = False
+            probability = torch.where(members, pooled_probability, probability)
+            tests[str(label)]["kept"] = int((kept & members).sum())
+    return torch.nonzero(kept).flatten(), probability, tests
