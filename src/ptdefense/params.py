@@ -176,7 +176,7 @@ class PartialParams(OptimParams):
 
 class IsolationParams(StrictSection):
     # ratio: the lowest-loss `ratio` share, globally (naive PT).
-    # auto: candidate labels by robust z-scores of five signs of poison, each confirmed by a
+    # auto: candidate labels by robust z-scores of four signs of poison, each confirmed by a
     # held-out quarantine test before anything is isolated (defenses/isolation.py).
     # quarantine: the same, with seed_ratio × N lowest-loss seeds shared among the candidates.
     method: Literal["auto", "quarantine", "ratio"] = "auto"
