@@ -123,3 +123,21 @@ def easy_disagreement(votes: torch.Tensor, losses: torch.Tensor, labels: torch.T
         shares["content_disagreement"][str(label)] = float((members & disagrees).sum()) / count
         shares["easy_disagreement"][str(label)] = float((members & easy).sum()) / count
     return easy, shares
+
+
+def matched_controls(features: torch.Tensor, queries: torch.Tensor, eligible: torch.Tensor,
+                     chunk: int = 1024) -> torch.Tensor:
+    """For each query (in order), its nearest eligible sample by cosine similarity (unit-length
+    `features`), each sample used at most once: one control per query while any is left."""
+    free = eligible.clone()
+    controls = []
+    for start in range(0, queries.numel(), chunk):
+        similarity = features[queries[start:start + chunk]] @ features.T
+        for row in similarity:
+            row[~free] = float("-inf")
+            nearest = int(row.argmax())
+            if not free[nearest]:
+                return torch.tensor(controls, dtype=torch.int64)
+            free[nearest] = False
+            controls.append(nearest)
+    return torch.tensor(controls, dtype=torch.int64)

@@ -74,7 +74,8 @@ def pooled_disagreement(model: BlockNet, train: ImageSet, votes: torch.Tensor, n
 
 def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: torch.Tensor, easy: torch.Tensor,
                     num_classes: int, architecture: str, width: int | None, config: FitConfig, device: torch.device,
-                    seed: int, settings, seed_count: int | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    seed: int, settings, seed_count: int | None,
+                    content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The quarantine test (confirm_and_isolate) on the candidates that any statistic but `easy_tail`
     nominated; then, only if none of them is confirmed, on those nominated by `easy_tail` alone.
 
@@ -103,7 +104,7 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
             train, group, losses, easy, num_classes, architecture, width, config, device, seed,
             settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds,
             settings.confirm_alpha * len(group) / len(candidates), seed_count, settings.quarantine_share,
-            settings.confirm_passes)
+            settings.confirm_passes, content)
         if found["seed_count"]:  # a model was trained: its scores rank the samples (a group too thin to test has none)
             isolated, probability = group_isolated, group_probability
         merged["confirmation"].update(found["confirmation"])
@@ -147,7 +148,7 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
                       if settings.method == "quarantine" else None)
         isolated, probability, quarantine = confirm_in_turn(
             train, candidates, losses, easy, num_classes, architecture, width, config, device, seed, settings,
-            seed_count)
+            seed_count, content)
         details.update(quarantine)
         confirmed = quarantine.get("confirmed_classes", [])
         details["suspicious_classes"] = confirmed

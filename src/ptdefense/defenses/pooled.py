@@ -68,6 +68,7 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
+from ptdefense.defenses.content import matched_controls
 from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probability, split_halves,
                                             train_quarantine)
 from ptdefense.training import FitConfig
@@ -75,24 +76,6 @@ from ptdefense.training import FitConfig
 CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test; see step 4)
 SEED_PROBABILITY = 0.9  # held-out pooled samples above this seed the isolation (729 of 731 poison, measured)
 MIN_EXCESS = 5  # held-out pooled samples confidently quarantined beyond their controls, at the least
-
-
-def matched_controls(features: torch.Tensor, queries: torch.Tensor, eligible: torch.Tensor,
-                     chunk: int = 1024) -> torch.Tensor:
-    """For each query (in order), its nearest eligible sample by cosine similarity (unit-length
-    `features`), each sample used at most once: one control per query while any is left."""
-    free = eligible.clone()
-    controls = []
-    for start in range(0, queries.numel(), chunk):
-        similarity = features[queries[start:start + chunk]] @ features.T
-        for row in similarity:
-            row[~free] = float("-inf")
-            nearest = int(row.argmax())
-            if not free[nearest]:
-                return torch.tensor(controls, dtype=torch.int64)
-            free[nearest] = False
-            controls.append(nearest)
-    return torch.tensor(controls, dtype=torch.int64)
 
 
 def excess_test(seed_hits: int, seed_count: int, control_hits: int, control_count: int, alpha: float) -> dict:
