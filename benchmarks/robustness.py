@@ -57,8 +57,8 @@ def commit() -> str:
     """HEAD's short hash, with "-dirty" when the code the stages run differs from it (uncommitted edits)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-    edited = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src", "stages", "params.yaml", "dvc.yaml"],
-                            cwd=ROOT).returncode != 0
+    edited = bool(subprocess.run(["git", "status", "--porcelain", "--", "src", "stages", "params.yaml", "dvc.yaml"],
+                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())
     return f"{head}-dirty" if edited else head
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import confirm_and_isolate, content_matched_controls
+from ptdefense.defenses.quarantine import confirm_and_isolate, content_matched_controls, seeded_by_low_loss_mode
 from ptdefense.training import FitConfig
 
 CONFIG = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=200)
@@ -19,9 +19,10 @@ TARGET, MARKED = 3, 110  # the candidate label, and how many of its samples carr
 def marked_set(mark: str) -> tuple[ImageSet, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Four classes of 16×16 images, each a bar in its own row; 110 samples of label 3 also carry a mark
     and are fitted far more easily than the rest (their losses). The seeds are capped at a quarter of
-    the label (75), so 35 marked samples are left among its 150 that are neither seed nor anchor. `mark` "content": a second, vertical
-    bar, a sub-population the content features see; "trigger": a 3×3 corner patch, which they do not
-    (the features are the image with that corner masked, as a view blind to small patterns would be)."""
+    the label (75), so 35 marked samples are left among its 150 that are neither seed nor anchor.
+    `mark` "content": a second, vertical bar, a sub-population the content features see; "trigger":
+    a 3×3 corner patch, which they do not (the features are the image with that corner masked, as a
+    view blind to small patterns would be)."""
     generator = torch.Generator().manual_seed(5)
     count = CLASSES * PER_CLASS
     labels = torch.arange(CLASSES).repeat(PER_CLASS)
@@ -41,11 +42,16 @@ def marked_set(mark: str) -> tuple[ImageSet, torch.Tensor, torch.Tensor, torch.T
 
 
 def test_each_held_out_seed_gets_its_nearest_same_label_sample_that_is_neither_seed_nor_anchor():
-    features = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [1.0, 0.05], [0.05, 1.0]]), dim=1)
+    # Sample 3, an anchor, is the nearest to seed 2; sample 4, another label's, the nearest to seed 0.
+    features = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.01, 1.0], [1.0, 0.01], [0.1, 0.9]]),
+                           dim=1)
     labels = torch.tensor([0, 0, 0, 0, 1, 0])
     controls = content_matched_controls(features, labels, 0, seeds=torch.tensor([0, 2]), anchors=torch.tensor([3]),
                                         half_b=torch.tensor([0, 2]))
     assert controls.tolist() == [1, 5]  # not 4 (another label), not 3 (an anchor)
+    no_anchor = torch.tensor([], dtype=torch.int64)
+    assert content_matched_controls(features, labels, 0, seeds=torch.tensor([0, 2]), anchors=no_anchor,
+                                    half_b=torch.tensor([2])).tolist() == [3]  # with no anchor, 3 is the one
 
 
 def _test(mark: str, content: torch.Tensor | None) -> dict:
@@ -68,3 +74,11 @@ def test_a_natural_easy_sub_population_is_confirmed_against_random_controls_but_
 def test_a_clean_label_trigger_is_still_confirmed_against_controls_of_its_own_content():
     matched = _test("trigger", torch.ones(1))
     assert matched["confirmed"], matched
+
+
+def test_only_low_loss_mode_seeds_get_matched_controls():
+    """Content seeds, and method quarantine's fixed-count seeds, keep random controls: a dirty-label
+    target's poison beyond its seeds would be their nearest neighbours."""
+    assert seeded_by_low_loss_mode(["diversity_gap", "easy_tail"], None)
+    assert not seeded_by_low_loss_mode(["easy_disagreement", "diversity_gap"], None)
+    assert not seeded_by_low_loss_mode(["diversity_gap"], 300)

@@ -55,9 +55,13 @@ something that content does not explain.
    its largest receiver of spread poison (all-to-all): its quarantine class learnt the trigger and
    the label's natural ambiguities together, since both disagree with its content. When the pooled
    model quarantines that label's isolated samples more often than its other samples (Fisher, one
-   sided), the trigger the pooled test found is in them, and the pooled model, which never trained
-   on them and whose null is built against shared ambiguity, judges the label: only its samples
-   above `threshold` there stay isolated (`rejudge_explained_labels`). Measured on Fashion-MNIST
+   sided), the trigger the pooled test found is taken to be in them, and the pooled model judges
+   the label: only its samples above `threshold` there stay isolated (`rejudge_explained_labels`).
+   Each sample is scored by the fold model that did not train on it, but a later round may seed
+   on the label's isolated samples of the other fold; and a hit is counted at `threshold` (0.1),
+   where shared ambiguity also passes. So the null is approximate: it could take ambiguity for
+   the trigger when a label's isolation is real poison of another trigger (not measured; counting
+   hits at CONFIDENT would be stricter). Measured on Fashion-MNIST
    60k, all-to-all BadNets 10%: label 6 (shirts) isolated 1,416, about 800 of them clean shirts
    that look like coats and T-shirts; the final model, trained without them, classified 32% of the
    test shirts correctly against the clean reference's 71%, and clean accuracy was 86.48% against 90.53%.
@@ -179,7 +183,8 @@ def rejudge_explained_labels(labels: torch.Tensor, isolated: torch.Tensor, proba
         hits, others = int(pooled_hit[inside].sum()), int(pooled_hit[outside].sum())
         count, other_count = int(inside.sum()), int(outside.sum())
         p_value = more_often_p_value(hits, count, others, other_count) if count and other_count else 1.0
-        explained = p_value <= alpha / max(1, len(confirmed)) and hits - others * count / max(1, other_count) >= MIN_EXCESS
+        excess = hits - others * count / max(1, other_count)
+        explained = p_value <= alpha / max(1, len(confirmed)) and excess >= MIN_EXCESS
         tests[str(label)] = {"isolated": count, "isolated_pooled_quarantined": hits, "others": other_count,
                              "others_pooled_quarantined": others, "p_value": p_value, "explained": explained}
         if explained:

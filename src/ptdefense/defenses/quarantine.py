@@ -10,8 +10,8 @@
 3. The test (round 1). Each candidate's seeds are split in two halves, and controls are set aside
    from its other samples (neither seed nor anchor): a random fifth of them for seeds whose content
    disagrees with the label; for seeds from the low-loss mode, each held-out seed's nearest sample
-   in the content view (`content_matched_controls`), since that mode can be a natural sub-population. A model with one extra output,
-   the quarantine class, is trained on half A relabelled to it and every other sample under its own
+   in the content view (`content_matched_controls`), since that mode can be a natural
+   sub-population. A model with one extra output, the quarantine class, is trained on half A relabelled to it and every other sample under its own
    label; half B and the controls are held out. The only thing seeds of varied content can share
    is a trigger, so a backdoor makes the model quarantine most of half B; seeds that are natural
    ambiguities (an 8 that looks like a 3) share nothing and are not quarantined.
@@ -208,6 +208,12 @@ def leads(test: dict) -> bool:
     return test["held_out_seeds_quarantined"] / test["held_out_seeds"] > test["controls_quarantined"] / test["controls"]
 
 
+def seeded_by_low_loss_mode(reasons: list[str], seed_count: int | None) -> bool:
+    """Are the candidate's seeds the low-loss mode of its label (label_seeds: flagged only by the loss
+    statistics, with method auto)?"""
+    return seed_count is None and not any(reason in CONTENT_STATISTICS for reason in reasons)
+
+
 def retestable(reasons: list[str], seed_count: int | None) -> bool:
     """May a cleared candidate get later passes? Only when its seeds are samples whose content
     disagrees with the label (label_seeds). The later passes' null needs seeds unlike the label's
@@ -271,9 +277,11 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
         return torch.empty(0, dtype=torch.int64), probability, {**details, "confirmed_classes": []}
     halves = {label: split_halves(seeds, seed + label) for label, (seeds, _) in testable.items()}
     # Seeds whose content disagrees with the label share nothing but a trigger, so any of the label's
-    # samples is a control; seeds from the low-loss mode get controls of their own content.
+    # samples is a control; seeds from the low-loss mode get controls of their own content. Not the
+    # fixed-count seeds of method quarantine: they stop at a count, not at a mode, and a dirty-label
+    # target's poison beyond them would be its seeds' nearest neighbours, i.e. their controls.
     controls = {label: content_matched_controls(content, labels, label, *testable[label], halves[label][1])
-                if content is not None and not retestable(candidates[label], seed_count)
+                if content is not None and seeded_by_low_loss_mode(candidates[label], seed_count)
                 else control_sample(labels, label, *testable[label], seed + label) for label in testable}
     # Round 1 trains on every sample but half B and the controls, each under its own label (half A
     # under the quarantine class), so that the candidates' clean content keeps its label and the
