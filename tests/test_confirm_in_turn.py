@@ -104,8 +104,8 @@ def test_untested_candidates_are_not_reported_as_cleared():
     quarantine = {"candidates": {"0": ["easy_disagreement"], "1": ["easy_tail"], "4": ["content_disagreement"],
                                  "6": ["easy_tail"]},
                   "confirmed_classes": [0],
-                  "confirmation": {"0": {"confirmed": True, "reason": "held-out seeds quarantined"},
+                  "confirmation": {"0": {"confirmed": True, "controls": 90, "reason": "held-out seeds quarantined"},
                                    "1": {"confirmed": False, "seeds": 4, "reason": "cleared untested: 4 seeds leave 2"},
-                                   "4": {"confirmed": False, "reason": "no more often than its controls"},
+                                   "4": {"confirmed": False, "controls": 80, "reason": "cleared: p=0.3"},
                                    "6": {"confirmed": False, "reason": "not tested: easy_tail alone nominated it"}}}
     assert cleared_and_untested(quarantine) == ([4], [1, 6])

@@ -119,8 +119,8 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
 def cleared_and_untested(quarantine: dict) -> tuple[list[int], list[int]]:
     """The candidates that were tested and not confirmed, and those never tested (too few seeds to
     hold out, or nominated by a fallback statistic alone while another label was confirmed)."""
-    untested = sorted(int(label) for label, test in quarantine["confirmation"].items()
-                      if test.get("reason", "").startswith(("cleared untested", "not tested")))
+    # A tested candidate has the held-out test's figures (quarantine.held_out_test always records controls).
+    untested = sorted(int(label) for label, test in quarantine["confirmation"].items() if "controls" not in test)
     confirmed = set(quarantine.get("confirmed_classes", []))
     cleared = [int(label) for label in quarantine["candidates"] if int(label) not in confirmed | set(untested)]
     return cleared, untested
