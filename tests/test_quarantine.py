@@ -133,31 +133,22 @@ def test_a_cleared_candidate_leads_when_its_held_out_seeds_beat_its_controls():
     assert not leads(test(5, 10, 0, 0))
 
 
-def test_competing_samples_are_each_labels_trained_ones_above_its_anchors_99th_percentile():
-    """Label 0 is poisoned: 100 trained samples carry the trigger and lean to the quarantine class;
-    its clean trained samples and anchors do not. Label 1 is clean but resembles the seeds' content:
-    all of its samples lean alike (the SIG cell's shirts). Label 2 is no candidate. Against other
-    labels (label 2) as the reference, nearly all of label 1 would stand out; against its own
-    anchors about 1% does."""
+def test_competing_samples_are_the_trained_ones_above_the_references_99th_percentile():
     generator = torch.Generator().manual_seed(0)
-    clean_0 = torch.rand(1100, generator=generator) * 0.01  # 1,000 trained and 100 anchors
-    poison_0 = 0.02 + torch.rand(100, generator=generator) * 0.1
-    leaning_1 = 0.05 + torch.rand(1100, generator=generator) * 0.2  # 1,000 trained and 100 anchors
-    other_2 = torch.rand(1000, generator=generator) * 0.01
-    probability = torch.cat([clean_0, poison_0, leaning_1, other_2])
-    labels = torch.cat([torch.zeros(1200), torch.ones(1100), torch.full((1000,), 2)]).long()
-    anchors = {0: torch.arange(1000, 1100), 1: torch.arange(2200, 2300)}
-    trained = torch.ones(probability.numel(), dtype=torch.bool)
-    for label_anchors in anchors.values():
-        trained[label_anchors] = False
-    trained[3250:] = False  # held out: never left out
-    competing = competing_samples(probability, trained, labels, anchors)
-    assert competing[1100:1200].all()  # every trained poisoned sample
-    assert int(competing[:1000].sum()) <= 30 and int(competing[1200:2200].sum()) <= 40  # about 1% of the clean
-    assert not competing[2300:].any()  # no candidate, or not trained
-    against_other_labels = competing_samples(probability, trained, labels, {1: torch.arange(2300, 3300)})
-    assert int(against_other_labels[1200:2200].sum()) == 1000  # the rule until b8d2346: all of label 1
-    assert not competing_samples(probability, trained, labels, {0: torch.arange(0)}).any()
+    reference_scores = torch.rand(5000, generator=generator) * 0.01  # clean labels: below 0.01
+    clean_trained = torch.rand(1000, generator=generator) * 0.01  # a clean candidate's, alike
+    poison_trained = 0.02 + torch.rand(100, generator=generator) * 0.1  # trained poison: pulled to quarantine
+    held_out = torch.full((50,), 0.9)  # held-out samples are never candidates to leave out
+    probability = torch.cat([reference_scores, clean_trained, poison_trained, held_out])
+    reference = torch.zeros(probability.numel(), dtype=torch.bool)
+    reference[:5000] = True
+    trained = torch.zeros_like(reference)
+    trained[5000:6100] = True
+    competing = competing_samples(probability, trained, reference)
+    assert competing[6000:6100].all()  # every trained poisoned sample
+    assert int(competing[5000:6000].sum()) <= 25  # about 1% of the clean trained ones
+    assert not competing[:5000].any() and not competing[6100:].any()
+    assert not competing_samples(probability, trained, torch.zeros_like(reference)).any()
 
 
 def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_later_pass():

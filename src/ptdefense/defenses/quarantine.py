@@ -223,10 +223,9 @@ def retestable(reasons: list[str], seed_count: int | None) -> bool:
     return seed_count is None and any(reason in CONTENT_STATISTICS for reason in reasons)
 
 
-def competing_samples(probability: torch.Tensor, trained: torch.Tensor, labels: torch.Tensor,
-                      anchors: dict[int, torch.Tensor]) -> torch.Tensor:
-    """The `trained` samples of each label in `anchors` whose quarantine probability exceeds the
-    REFERENCE_QUANTILE of that label's anchors (its highest-loss samples, trained under it).
+def competing_samples(probability: torch.Tensor, trained: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The `trained` samples whose quarantine probability exceeds the REFERENCE_QUANTILE of the
+    `reference` samples' (the candidate's anchors: its highest-loss samples, trained under it).
 
     Null model: a clean sample that the model was trained on under its label leans to the
     quarantine class no more than the label's hardest samples, trained under it too, so a clean
@@ -238,12 +237,10 @@ def competing_samples(probability: torch.Tensor, trained: torch.Tensor, labels: 
     that the target's T-shirts had taught; left out, they stripped the shirt class of its T-shirt-like
     samples, the held-out ones went to the quarantine class (82/148 against 178/1,082 controls),
     and 5,500 clean samples were isolated."""
-    competing = torch.zeros_like(trained)
-    for label, label_anchors in anchors.items():
-        if label_anchors.numel():
-            cut = torch.quantile(probability[label_anchors].double(), REFERENCE_QUANTILE)
-            competing |= trained & (labels == label) & (probability.double() > cut)
-    return competing
+    if not bool(reference.any()):
+        return torch.zeros_like(trained)
+    cut = torch.quantile(probability[reference].double(), REFERENCE_QUANTILE)
+    return trained & (probability.double() > cut)
 
 
 def _train_round(train: ImageSet, seeds: torch.Tensor, held_out: torch.Tensor, num_classes: int, architecture: str,
@@ -326,7 +323,11 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
         trained[seeds_a] = False
         for label in pending:
             trained[testable[label][1]] = False  # the anchors stay in training
-        competing = competing_samples(probability, trained, labels, {label: testable[label][1] for label in pending})
+        competing = torch.zeros_like(held_out)
+        for label in pending:
+            anchors = torch.zeros_like(held_out)
+            anchors[testable[label][1]] = True
+            competing |= competing_samples(probability, trained & (labels == label), anchors)
         if not bool(competing.any()):
             break
         left_out |= competing
