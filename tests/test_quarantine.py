@@ -133,7 +133,7 @@ def test_a_cleared_candidate_leads_when_its_held_out_seeds_beat_its_controls():
     assert not leads(test(5, 10, 0, 0))
 
 
-def test_competing_samples_are_the_trained_ones_above_the_references_99th_percentile():
+def test_competing_samples_are_the_trained_ones_above_the_reference_labels_99th_percentile():
     generator = torch.Generator().manual_seed(0)
     reference_scores = torch.rand(5000, generator=generator) * 0.01  # clean labels: below 0.01
     clean_trained = torch.rand(1000, generator=generator) * 0.01  # a clean candidate's, alike
@@ -172,8 +172,7 @@ def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_late
         easy = torch.zeros(1500, dtype=torch.bool)
         easy[poison[:40]] = True
         losses = torch.rand(1500, generator=generator)
-        losses[poison] *= 0.1  # a learnt trigger: poison is fitted more easily than clean samples,
-        losses[poison[:40]] *= 0.1  # so the anchors (label 0's highest losses) are clean; the seeds lowest
+        losses[poison[:40]] *= 0.01  # the lowest losses of label 0 too (seed_count's route)
         config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=200)
         isolated, _, details = confirm_and_isolate(
             ImageSet(images.to(torch.uint8), labels), {0: ["easy_disagreement"]}, losses, easy, 10, "resnet_small", 8,

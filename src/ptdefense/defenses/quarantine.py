@@ -24,7 +24,8 @@
    teaches the trigger to that label, against half A (MNIST 5k, BadNets 10%: 356 such samples
    against 72 in half A). Trained under its label, such a sample still leans to the quarantine
    class far more than a clean one: it is left out of the second model when its quarantine
-   probability exceeds the 99th percentile of the label's anchors (`competing_samples`), and the test runs again on the same half B and controls, up to
+   probability exceeds the 99th percentile of the labels that are no candidate
+   (`competing_samples`), and the test runs again on the same half B and controls, up to
    `passes` times, each test at `confirm_alpha` / (passes × candidates). Only candidates seeded
    by content get later passes (`retestable`): low-loss-mode seeds are a clean label's typical
    samples, and leaving out what resembles them breaks the null.
@@ -225,18 +226,12 @@ def retestable(reasons: list[str], seed_count: int | None) -> bool:
 
 def competing_samples(probability: torch.Tensor, trained: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """The `trained` samples whose quarantine probability exceeds the REFERENCE_QUANTILE of the
-    `reference` samples' (the candidate's anchors: its highest-loss samples, trained under it).
+    `reference` samples' (the labels that are no candidate, trained under their labels too).
 
-    Null model: a clean sample that the model was trained on under its label leans to the
-    quarantine class no more than the label's hardest samples, trained under it too, so a clean
-    candidate loses about 1% of its trained samples here. Poison trained under its label carries
-    the trigger that half A taught the quarantine class, and the two pull against each other: it
-    stands out. The reference is the label's own: the samples of other labels (the rule until
-    `b8d2346`) differ in content, and a label that resembles the seeds' content stood out from them
-    with no trigger. Fashion-MNIST 60k, SIG 5%: 3,326 clean shirts leaned to a quarantine class
-    that the target's T-shirts had taught; left out, they stripped the shirt class of its T-shirt-like
-    samples, the held-out ones went to the quarantine class (82/148 against 178/1,082 controls),
-    and 5,500 clean samples were isolated."""
+    Null model: a clean sample that the model was trained on under its label is quarantined like a
+    trained sample of a clean label, so a clean candidate loses about 1% of its trained samples
+    here. Poison trained under its label carries the trigger that half A taught the quarantine
+    class, and the two pull against each other: it stands out."""
     if not bool(reference.any()):
         return torch.zeros_like(trained)
     cut = torch.quantile(probability[reference].double(), REFERENCE_QUANTILE)
@@ -323,11 +318,9 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
         trained[seeds_a] = False
         for label in pending:
             trained[testable[label][1]] = False  # the anchors stay in training
-        competing = torch.zeros_like(held_out)
-        for label in pending:
-            anchors = torch.zeros_like(held_out)
-            anchors[testable[label][1]] = True
-            competing |= competing_samples(probability, trained & (labels == label), anchors)
+        reference = ~in_candidates
+        probability[reference] = quarantine_probability(model, train.images[reference], num_classes, device, copies)
+        competing = competing_samples(probability, trained, reference)
         if not bool(competing.any()):
             break
         left_out |= competing
