@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import (competing_samples, held_out_test, label_seeds, leads, own_pass_seeds,
-                                            prior_corrected, quarantine_probability, repeat_count, split_halves,
-                                            train_quarantine)
+from ptdefense.defenses.quarantine import (competing_samples, held_out_test, label_seeds, leads, prior_corrected,
+                                            quarantine_probability, repeat_count, split_halves, train_quarantine)
 from ptdefense.training import FitConfig
 
 
@@ -222,11 +221,3 @@ def test_a_candidate_too_thin_to_test_is_cleared_untested_and_trains_no_model():
     test = details["confirmation"]["2"]
     assert not test["confirmed"] and test["seeds"] == 2 * MIN_HELD_OUT - 1 and "untested" in test["reason"], test
     assert isolated.numel() == 0 and details["quarantine_sample_epochs"] == 0 and details["seed_count"] == []
-
-
-def test_a_later_pass_seeds_with_every_half_a_but_the_other_pending_labels():
-    halves = {0: (torch.tensor([1, 2]), torch.tensor([3])), 4: (torch.tensor([5]), torch.tensor([6])),
-              6: (torch.tensor([7, 8]), torch.tensor([9]))}
-    assert own_pass_seeds(halves, [6], 6).tolist() == [1, 2, 5, 7, 8]  # one label pending: all of half A
-    assert own_pass_seeds(halves, [0, 6], 6).tolist() == [5, 7, 8]  # not label 0's: it is pending too
-    assert own_pass_seeds(halves, [0, 6], 0).tolist() == [1, 2, 5]

@@ -28,8 +28,7 @@
    (`competing_samples`), and the test runs again on the same half B and controls, up to
    `passes` times, each test at `confirm_alpha` / (passes × candidates). Only candidates seeded
    by content get later passes (`retestable`): low-loss-mode seeds are a clean label's typical
-   samples, and leaving out what resembles them breaks the null. With several labels pending,
-   each gets its own model, without the other pending labels' seeds (`own_pass_seeds`).
+   samples, and leaving out what resembles them breaks the null.
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
    later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds, the
    anchors under their label and the other labels' samples, holding out the rest of the confirmed
@@ -239,22 +238,6 @@ def competing_samples(probability: torch.Tensor, trained: torch.Tensor, referenc
     return trained & (probability.double() > cut)
 
 
-def own_pass_seeds(halves: dict[int, tuple[torch.Tensor, torch.Tensor]], pending: list[int],
-                   label: int) -> torch.Tensor:
-    """A later pass's seeds for `label`: every candidate's half A but those of the other labels still
-    pending, which are then trained under their own labels.
-
-    Why: a pending label's seeds teach the quarantine class their content, and the later pass
-    strips the tested label of its trained samples that lean to that class. Where another pending
-    label is a clean-label target, its seeds are the target's own content (T-shirts carrying the
-    SIG signal on Fashion-MNIST 60k), and a label that resembles it (shirt) loses its T-shirt-like
-    samples for no trigger of its own: 3,326 shirts were left out, the held-out shirt seeds then
-    went to the quarantine class (82/148 against 178/1,082 controls) and shirt was confirmed;
-    5,552 clean samples were isolated (`5d31a89`). With one label pending, these are all of half A,
-    as before."""
-    return torch.cat([half_a for other, (half_a, _) in halves.items() if other == label or other not in pending])
-
-
 def _train_round(train: ImageSet, seeds: torch.Tensor, held_out: torch.Tensor, num_classes: int, architecture: str,
                  width: int | None, config: FitConfig, device: torch.device, seed: int, share: float, details: dict,
                  anchors: torch.Tensor | None = None) -> tuple[BlockNet, int]:
@@ -325,38 +308,30 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
         elif leads(test) and passes > 1:
             test["reason"] += "; no later pass: its seeds are its low-loss mode, not content that disagrees"
     left_out = torch.zeros_like(held_out)
-    last_model = {label: (model, copies) for label in pending}
     for _ in range(1, passes):
         # Later passes: the pending labels' poison that the last model trained under its label
         # competes with half A for the trigger; leave it out of training and test again.
         if not pending:
             break
-        reference = ~in_candidates
-        competing, scored_by = torch.zeros_like(held_out), None
+        in_pending = torch.isin(labels, torch.tensor(pending))
+        trained = in_pending & ~held_out & ~left_out
+        trained[seeds_a] = False
         for label in pending:
-            label_model, label_copies = last_model[label]
-            if label_model is not scored_by:  # in pass 2 every pending label has round 1's model
-                probability[reference] = quarantine_probability(label_model, train.images[reference], num_classes,
-                                                                device, label_copies)
-                scored_by = label_model
-            trained = (labels == label) & ~held_out & ~left_out
-            trained[seeds_a] = False
             trained[testable[label][1]] = False  # the anchors stay in training
-            competing |= competing_samples(probability, trained, reference)
+        reference = ~in_candidates
+        probability[reference] = quarantine_probability(model, train.images[reference], num_classes, device, copies)
+        competing = competing_samples(probability, trained, reference)
         if not bool(competing.any()):
             break
         left_out |= competing
+        model, copies = _train_round(train, seeds_a, held_out | left_out, num_classes, architecture, width, config,
+                                     device, seed, share, details)
+        probability[in_pending] = quarantine_probability(model, train.images[in_pending], num_classes, device, copies)
         still_pending = []
         for label in pending:
-            # One model per pending label, without the other pending labels' seeds (own_pass_seeds).
-            model, copies = _train_round(train, own_pass_seeds(halves, pending, label), held_out | left_out,
-                                         num_classes, architecture, width, config, device, seed, share, details)
-            last_model[label] = (model, copies)
-            in_label = labels == label
-            probability[in_label] = quarantine_probability(model, train.images[in_label], num_classes, device, copies)
             test = held_out_test(probability > threshold, halves[label][1], controls[label], level)
             earlier = details["confirmation"][str(label)]
-            details["confirmation"][str(label)] = {**test, "competing_left_out": int((left_out & in_label).sum()),
+            details["confirmation"][str(label)] = {**test, "competing_left_out": int((left_out & (labels == label)).sum()),
                                                    "earlier_passes": earlier.pop("earlier_passes", []) + [earlier]}
             if test["confirmed"]:
                 confirmed.append(label)
