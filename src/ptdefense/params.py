@@ -199,7 +199,12 @@ class IsolationParams(StrictSection):
     quarantine_share: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.05
     # Rounds of quarantine training; each later round seeds with the previous round's isolated set.
     quarantine_rounds: Annotated[int, Field(ge=1, le=10)] = 2
+    # A sample counts as quarantined, in the held-out tests, when its quarantine probability exceeds this.
     quarantine_threshold: Ratio = 0.1
+    # What is isolated from a flagged label: its samples whose posterior for the upper mode of a
+    # two-mode mixture on their quarantine log-odds reaches this (defenses/modes.py). Below one half:
+    # a missed poisoned sample costs more than a dropped clean one.
+    mode_posterior: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -13,6 +13,8 @@ Three rules (isolation.method):
 With auto and quarantine, the pooled test (defenses/pooled.py) then asks whether the samples
 left whose content disagrees with their label, across every label, share a trigger: poison
 spread over all labels (all-to-all) leaves no single label to flag, or only its largest receiver.
+Last, each flagged label gives up the upper mode of its quarantine scores, or nothing when it has
+no separate mode (defenses/modes.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import content_features, easy_disagreement, neighbour_votes
 from ptdefense.defenses.lowest_loss import Isolation, isolate_lowest_loss  # noqa: F401 (re-exported)
+from ptdefense.defenses.modes import isolate_upper_modes
 from ptdefense.defenses.pooled import pooled_test, rejudge_explained_labels
 from ptdefense.defenses.quarantine import confirm_and_isolate
 from ptdefense.defenses.signs import FALLBACK_STATISTICS, candidate_labels, label_statistics
@@ -179,7 +182,22 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         details["note"] = ("no label's statistics stand out, and " if not candidates else
                            "no candidate label passed the held-out quarantine test, and ") + \
             "the disagreeing samples pooled over all labels share no trigger: nothing isolated"
+    if isolated.numel():
+        isolated = isolate_by_modes(train.labels, isolated, probability, settings.mode_posterior, seed, details)
     return Isolation(isolated, probability, details), losses
+
+
+def isolate_by_modes(labels: torch.Tensor, isolated: torch.Tensor, probability: torch.Tensor, posterior: float,
+                     seed: int, details: dict) -> torch.Tensor:
+    """The final cut (defenses/modes.py): from each label the tests flagged, the upper mode of its
+    quarantine scores; a flagged label without two separate modes isolates nothing and is named in
+    `details["unseparated_classes"]`."""
+    flagged = sorted(set(labels[isolated].tolist()))
+    isolated, details["modes"] = isolate_upper_modes(labels, probability, flagged, posterior, seed)
+    unseparated = [label for label in flagged if not details["modes"][str(label)]["separated"]]
+    details["unseparated_classes"] = unseparated
+    details["suspicious_classes"] = [label for label in details["suspicious_classes"] if label not in unseparated]
+    return isolated
 
 
 def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.Tensor, result: Isolation) -> None:

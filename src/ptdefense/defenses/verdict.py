@@ -18,7 +18,7 @@ held-out quarantine test (defenses/quarantine.py), whose null model is stated th
 - no_poison_found: nothing isolated, no candidate label, and every label's z-score of every
   statistic lies below `clear_z`: no label stands out from the others at all.
 - inconclusive: nothing isolated, yet some label stands out (z ≥ `clear_z`), or a candidate failed
-  the quarantine test. The reason names the label and its figures. A set whose backdoor the
+  the quarantine test, or a flagged label's scores formed no separate mode (defenses/modes.py). The reason names the label and its figures. A set whose backdoor the
   partial model learnt but isolation missed lands here, not in "no poison".
 """
 
@@ -71,9 +71,11 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
                       f"spread over the labels ({pooled['reason']}){also}")
         else:
             reason = f"{isolated_count} samples isolated from label(s) {confirmed} ({figures})"
-        return {"verdict": POISON_FOUND, **summary, "verdict_reason": reason}
+        return {"verdict": POISON_FOUND, **summary, "verdict_reason": reason + unseparated_note(details)}
     cleared = [(label, test.get("reason", "")) for label, test in details.get("confirmation", {}).items()
                if not test.get("confirmed")]
+    cleared += [(str(label), "left whole: it passed the quarantine test, but " + details["modes"][str(label)]["reason"])
+                for label in details.get("unseparated_classes", [])]
     if cleared:
         reason = "; ".join(f"label {label} stood out but was {why}" for label, why in cleared)
         return {"verdict": INCONCLUSIVE, **summary, "verdict_reason": reason}
@@ -88,6 +90,13 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
     reason = (f"nothing isolated, and no label stands out: the largest score is label {top_label}'s "
               f"{top_statistic.replace('_', ' ')}, {top_z:.1f} robust standard deviations (< {clear_z:g})")
     return {"verdict": NO_POISON_FOUND, **summary, "verdict_reason": reason}
+
+
+def unseparated_note(details: dict) -> str:
+    """The flagged labels that isolated nothing because their scores form no separate mode (defenses/modes.py)."""
+    labels = details.get("unseparated_classes", [])
+    return "".join(f"; label {label} was flagged, but {details['modes'][str(label)]['reason']}: nothing isolated "
+                   "from it" for label in labels)
 
 
 def verdict_markdown(result: dict) -> str:

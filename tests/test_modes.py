@@ -1,0 +1,86 @@
+"""The final cut (defenses/modes.py) on hand-made quarantine scores: a flagged label gives up the
+upper mode of its log-odds when the two modes are apart, and nothing when they are not."""
+
+from __future__ import annotations
+
+import torch
+
+from ptdefense.defenses.isolation import isolate_by_modes
+from ptdefense.defenses.modes import SEPARATION, isolate_upper_modes, log_odds, upper_mode
+from ptdefense.defenses.verdict import INCONCLUSIVE, POISON_FOUND, verdict
+
+
+def probabilities(*groups: tuple[int, float, float], seed: int = 0) -> torch.Tensor:
+    """Quarantine probabilities whose log-odds are drawn from Gaussians (count, mean, spread), group after group."""
+    generator = torch.Generator().manual_seed(seed)
+    log_odds_values = torch.cat([mean + spread * torch.randn(count, generator=generator, dtype=torch.float64)
+                                 for count, mean, spread in groups])
+    return torch.sigmoid(log_odds_values).float()
+
+
+def test_log_odds_inverts_the_sigmoid_and_clips_certainty():
+    values = torch.tensor([0.5, 0.9, 0.0, 1.0])
+    odds = log_odds(values)
+    assert abs(float(odds[0])) < 1e-9 and abs(float(odds[1]) - 2.1972) < 1e-3
+    assert torch.isfinite(odds).all() and float(odds[2]) < -13 and float(odds[3]) > 13
+
+
+def test_two_separate_modes_give_up_the_upper_one():
+    scores = probabilities((900, -8.0, 1.5), (100, 5.0, 2.0))
+    result = upper_mode(scores, 0.1, seed=0)
+    assert result["separated"] and result["ashman_d"] > SEPARATION
+    assert -8.0 < result["cut"] < 5.0
+    taken = log_odds(scores) >= result["cut"]
+    assert int(taken[900:].sum()) >= 99  # the upper mode, nearly all of it
+    assert int(taken[:900].sum()) <= 5  # and almost nothing of the lower one
+
+
+def test_a_lower_posterior_cuts_lower():
+    scores = probabilities((900, -4.0, 2.0), (100, 4.0, 2.0))
+    assert upper_mode(scores, 0.1, seed=0)["cut"] < upper_mode(scores, 0.5, seed=0)["cut"]
+
+
+def test_one_graded_population_is_not_separated():
+    # a natural ambiguity: one broad spread of log-odds, however many samples are high
+    result = upper_mode(probabilities((3000, -1.0, 3.5)), 0.1, seed=0)
+    assert not result["separated"] and result["ashman_d"] <= SEPARATION
+    assert "no separate mode" in result["reason"]
+
+
+def test_a_broad_lower_mode_does_not_win_back_the_upper_tail():
+    # Gaussian posteriors are not monotone when the lower component is the broader one; the cut is
+    scores = probabilities((900, -6.0, 3.0), (100, 6.0, 0.5), (5, 13.0, 0.1))
+    isolated, figures = isolate_upper_modes(torch.zeros(1005, dtype=torch.int64), scores, [0], 0.1, seed=0)
+    assert figures["0"]["separated"]
+    assert set(range(1000, 1005)) <= set(isolated.tolist())
+
+
+def test_too_few_samples_are_not_separated():
+    assert not upper_mode(probabilities((10, -8.0, 1.0), (5, 6.0, 1.0)), 0.1, seed=0)["separated"]
+
+
+def test_only_the_flagged_labels_are_cut():
+    labels = torch.cat([torch.zeros(1000, dtype=torch.int64), torch.ones(1000, dtype=torch.int64)])
+    scores = torch.cat([probabilities((900, -8.0, 1.5), (100, 5.0, 2.0)),
+                        probabilities((900, -8.0, 1.5), (100, 5.0, 2.0), seed=1)])
+    isolated, figures = isolate_upper_modes(labels, scores, [1], 0.1, seed=0)
+    assert set(figures) == {"1"} and bool((labels[isolated] == 1).all()) and isolated.numel() >= 99
+
+
+def test_an_unseparated_label_isolates_nothing_and_the_verdict_says_why():
+    labels = torch.cat([torch.zeros(1000, dtype=torch.int64), torch.full((3000,), 6, dtype=torch.int64)])
+    scores = torch.cat([probabilities((900, -8.0, 1.5), (100, 5.0, 2.0)), probabilities((3000, -1.0, 3.5), seed=2)])
+    flagged_before = torch.nonzero(scores > 0.1).flatten()  # what a fixed cut would take: both labels
+    assert set(labels[flagged_before].tolist()) == {0, 6}
+    details = {"z": {}, "suspicious_classes": [0, 6], "confirmation": {}}
+    isolated = isolate_by_modes(labels, flagged_before, scores, 0.1, 0, details)
+    assert set(labels[isolated].tolist()) == {0}
+    assert details["unseparated_classes"] == [6] and details["suspicious_classes"] == [0]
+    found = verdict(details, int(isolated.numel()))
+    assert found["verdict"] == POISON_FOUND and "label 6" in found["verdict_reason"]
+    # the same label alone: nothing isolated, and the verdict cannot call the set clean
+    alone = {"z": {}, "suspicious_classes": [6], "confirmation": {}}
+    nothing = isolate_by_modes(labels[1000:], torch.arange(3000)[scores[1000:] > 0.1], scores[1000:], 0.1, 0, alone)
+    assert nothing.numel() == 0
+    result = verdict(alone, 0)
+    assert result["verdict"] == INCONCLUSIVE and "no separate mode" in result["verdict_reason"]
