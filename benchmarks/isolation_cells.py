@@ -67,12 +67,16 @@ def isolate_cell(workspace: Path, current_isolation: bool = False) -> dict:
     result, _ = isolate_samples(model, train, params.isolation, spec["num_classes"], spec["architecture"],
                                 spec.get("width"), spec["freeze_layers"], torch.device("cpu"), params.seed + 3)
     seconds = time.perf_counter() - started
+    # The final scores, for a look at other cuts without re-running the quarantine models.
+    np.savez_compressed(workspace / f"scores-{commit()}.npz", scores=result.scores.numpy(),
+                        isolated=result.isolated.numpy(), labels=train.labels.numpy(), poison=truth.numpy())
     judged = verdict(result.details, int(result.isolated.numel()), params.verdict.clear_z)
     scores = isolation_metrics(result.isolated, truth, len(train)) if truth.numel() else {}
     return {"train_size": len(train), "poison_count": int(truth.numel()), "isolated_count": int(result.isolated.numel()),
             **scores, "candidates": result.details.get("candidates", {}),
             "confirmation": result.details.get("confirmation", {}), "pooled_test": result.details.get("pooled_test"),
-            "seed_copies": result.details.get("seed_copies"), "verdict": judged["verdict"],
+            "seed_copies": result.details.get("seed_copies"), "modes": result.details.get("modes"),
+            "unseparated_classes": result.details.get("unseparated_classes"), "verdict": judged["verdict"],
             "verdict_reason": judged["verdict_reason"], "isolate_seconds": seconds}
 
 

@@ -176,7 +176,7 @@ class PartialParams(OptimParams):
 
 class IsolationParams(StrictSection):
     # ratio: the lowest-loss `ratio` share, globally (naive PT).
-    # auto: candidate labels by robust z-scores of four signs of poison, each confirmed by a
+    # auto: candidate labels by robust z-scores of five signs of poison, each confirmed by a
     # held-out quarantine test before anything is isolated (defenses/isolation.py).
     # quarantine: the same, with seed_ratio × N lowest-loss seeds shared among the candidates.
     method: Literal["auto", "quarantine", "ratio"] = "auto"
@@ -202,9 +202,9 @@ class IsolationParams(StrictSection):
     # A sample counts as quarantined, in the held-out tests, when its quarantine probability exceeds this.
     quarantine_threshold: Ratio = 0.1
     # What is isolated from a flagged label: its samples whose posterior for the upper mode of a
-    # two-mode mixture on their quarantine log-odds reaches this (defenses/modes.py). Below one half:
-    # a missed poisoned sample costs more than a dropped clean one.
-    mode_posterior: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    # two-mode mixture on their quarantine log-odds reaches this (defenses/modes.py). 0.01: keeping
+    # one poisoned sample is taken to cost as much as dropping a hundred clean ones.
+    mode_posterior: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "fp32"

@@ -11,8 +11,11 @@ GaussianMixture):
   criterion for a clean separation of two Gaussians (Ashman, Bird and Zepf, 1994). A flagged
   label whose modes are not apart isolates nothing, and the verdict says why.
 - Otherwise the label's samples above the log-odds where the upper component's posterior reaches
-  `posterior` are isolated. Missing a poisoned sample costs more than dropping a clean one (it can
-  keep the backdoor; the clean one is one sample of thousands), hence a posterior below one half.
+  `posterior` (`isolation.mode_posterior`, 0.01) are isolated: the Bayes rule when keeping a
+  poisoned sample costs as much as dropping 1/posterior − 1 = 99 clean ones. The costs are that
+  unequal: poison left in training re-implants the backdoor (a run at 88% recall ended at 3.7%
+  ASR, docs/method.md), while a label's clean samples are thousands and a few of them more or
+  less move clean accuracy by hundredths of a point.
 
 Why not a fixed cut on the probability: the clean mode's place moves with the data. Measured on
 the final scores of matrix cells (log-odds; clean samples' maximum against poison's minimum):

@@ -11,10 +11,11 @@
    from its other samples (neither seed nor anchor): a random fifth of them for seeds whose content
    disagrees with the label; for seeds from the low-loss mode, each held-out seed's nearest sample
    in the content view (`content_matched_controls`), since that mode can be a natural
-   sub-population. A model with one extra output, the quarantine class, is trained on half A relabelled to it and every other sample under its own
-   label; half B and the controls are held out. The only thing seeds of varied content can share
-   is a trigger, so a backdoor makes the model quarantine most of half B; seeds that are natural
-   ambiguities (an 8 that looks like a 3) share nothing and are not quarantined.
+   sub-population. A model with one extra output, the quarantine class, is trained on half A
+   relabelled to it and every other sample under its own label; half B and the controls are held
+   out. The only thing seeds of varied content can share is a trigger, so a backdoor makes the
+   model quarantine most of half B; seeds that are natural ambiguities (an 8 that looks like a 3)
+   share nothing and are not quarantined.
    Null model: half B is quarantined no more often than the controls. One-sided Fisher exact test,
    Bonferroni over the candidates, at `confirm_alpha`; and a majority of half B quarantined, the
    effect a trigger has. A label that passes is confirmed; one that fails is cleared, with its
@@ -32,7 +33,8 @@
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
    later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds, the
    anchors under their label and the other labels' samples, holding out the rest of the confirmed
-   labels, where the residual poison hides.
+   labels, where the residual poison hides. The last round's scores are cut once more by the
+   caller, per label, at the upper mode of their log-odds (defenses/modes.py).
 
 Budget: a trigger is learnt from how often it is seen, not from how many epochs pass over the
 data. Thin poison (1% BadNets on Fashion-MNIST 60k: half A of label 0 is 134 seeds, and all the
@@ -88,7 +90,7 @@ def label_seeds(members: torch.Tensor, reasons: list[str], losses: torch.Tensor,
     cap = members.numel() // 4
     if seed_count is not None:
         seeds = ordered[:min(seed_count, cap)]
-    elif any(reason in CONTENT_STATISTICS for reason in reasons):
+    elif seeded_by_content(reasons):
         seeds = ordered[easy[ordered]][:cap]
     else:
         confident = int((low_loss_mode_posterior(losses[members], seed) >= seed_confidence).sum())
@@ -208,10 +210,16 @@ def leads(test: dict) -> bool:
     return test["held_out_seeds_quarantined"] / test["held_out_seeds"] > test["controls_quarantined"] / test["controls"]
 
 
+def seeded_by_content(reasons: list[str]) -> bool:
+    """Was the candidate nominated by a content statistic, so that its seeds are samples whose
+    content disagrees with the label (label_seeds, method auto)?"""
+    return any(reason in CONTENT_STATISTICS for reason in reasons)
+
+
 def seeded_by_low_loss_mode(reasons: list[str], seed_count: int | None) -> bool:
     """Are the candidate's seeds the low-loss mode of its label (label_seeds: flagged only by the loss
     statistics, with method auto)?"""
-    return seed_count is None and not any(reason in CONTENT_STATISTICS for reason in reasons)
+    return seed_count is None and not seeded_by_content(reasons)
 
 
 def retestable(reasons: list[str], seed_count: int | None) -> bool:
@@ -221,7 +229,7 @@ def retestable(reasons: list[str], seed_count: int | None) -> bool:
     and leaving out the trained samples that resemble them strips the label of its own content
     (clean MNIST 4k: label 6, flagged by log_spectral_ratio only, went from 12/32 vs 5/55 to
     29/32 vs 16/55 after 162 of its samples were left out, and was confirmed)."""
-    return seed_count is None and any(reason in CONTENT_STATISTICS for reason in reasons)
+    return seed_count is None and seeded_by_content(reasons)
 
 
 def competing_samples(probability: torch.Tensor, trained: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,9 @@ held-out quarantine test (defenses/quarantine.py), whose null model is stated th
 - no_poison_found: nothing isolated, no candidate label, and every label's z-score of every
   statistic lies below `clear_z`: no label stands out from the others at all.
 - inconclusive: nothing isolated, yet some label stands out (z ≥ `clear_z`), or a candidate failed
-  the quarantine test, or a flagged label's scores formed no separate mode (defenses/modes.py). The reason names the label and its figures. A set whose backdoor the
-  partial model learnt but isolation missed lands here, not in "no poison".
+  the quarantine test, or a flagged label's scores formed no separate mode (defenses/modes.py).
+  The reason names the label and its figures. A set whose backdoor the partial model learnt but
+  isolation missed lands here, not in "no poison".
 """
 
 from __future__ import annotations
