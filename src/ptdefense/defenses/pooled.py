@@ -73,8 +73,8 @@ import torch
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import matched_controls
-from ptdefense.defenses.quarantine import (more_often_p_value, quarantine_probability, split_halves,
-                                            train_quarantine)
+from ptdefense.defenses.quarantine import (cross_fitted_probability, more_often_p_value, quarantine_probability,
+                                            split_halves, train_quarantine)
 from ptdefense.training import FitConfig
 
 CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test; see step 4)
@@ -95,25 +95,6 @@ def excess_test(seed_hits: int, seed_count: int, control_hits: int, control_coun
               f"controls {control_hits}/{control_count}, p={p_value:.2g}"
               + ("" if confirmed else f" (needs p ≤ {alpha:.2g} and an excess of {MIN_EXCESS})"))
     return {**result, "p_value": p_value, "confirmed": confirmed, "reason": reason}
-
-
-def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: torch.Tensor, num_classes: int,
-                             architecture: str, width: int | None, config: FitConfig, device: torch.device,
-                             seed: int, share: float = 0.0) -> tuple[torch.Tensor, int]:
-    """Each sample's quarantine probability under the model trained on the other half of the data
-    (step 5: its seeds, and its samples outside the `left_out` mask); and the two models' sample-epochs."""
-    count = train.labels.numel()
-    first = torch.zeros(count, dtype=torch.bool)
-    first[split_halves(torch.arange(count), seed)[0]] = True
-    probability, sample_epochs = torch.zeros(count), 0
-    for index, trained in enumerate((first, ~first)):
-        fold_seeds = seeds[trained[seeds]]
-        model, epochs, copies = train_quarantine(train, fold_seeds, fold_seeds[:0], ~trained | left_out, num_classes,
-                                                    architecture, width, config, device, seed + index, share)
-        scored = torch.nonzero(~trained).flatten()
-        probability[scored] = quarantine_probability(model, train.images[scored], num_classes, device, copies)
-        sample_epochs += epochs
-    return probability, sample_epochs
 
 
 def pooled_test(train: ImageSet, features: torch.Tensor, disagrees: torch.Tensor, num_classes: int, architecture: str,
