@@ -202,9 +202,9 @@ class IsolationParams(StrictSection):
     # A sample counts as quarantined, in the held-out tests, when its quarantine probability exceeds this.
     quarantine_threshold: Ratio = 0.1
     # What is isolated from a flagged label: its samples whose posterior for the upper mode of a
-    # two-mode mixture on their quarantine log-odds reaches this (defenses/modes.py). 0.01: keeping
-    # one poisoned sample is taken to cost as much as dropping a hundred clean ones.
-    mode_posterior: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    # two-mode mixture on their quarantine log-odds reaches this (defenses/modes.py). 0.03: keeping
+    # one poisoned sample is taken to cost as much as dropping about thirty clean ones.
+    mode_posterior: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.03
     lr: PositiveFloat = 0.05
     train_batch_size: Annotated[int, Field(ge=1, le=65_536)] = 128
     precision: Literal["fp32", "bf16"] = "fp32"
