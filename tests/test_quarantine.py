@@ -93,18 +93,24 @@ def test_the_prior_correction_divides_the_odds_by_the_copies():
     assert torch.equal(prior_corrected(probability, 1), probability)
 
 
+def _triggered_stripes(poison_count: int, generator: torch.Generator) -> tuple[ImageSet, torch.Tensor]:
+    """2,000 noisy 16×16 images, a bright stripe in the row of their class; `poison_count` of them
+    carry a corner trigger and label 0 (returned: the set and the poisoned indices)."""
+    labels = torch.arange(10).repeat(200)
+    images = torch.randint(0, 60, (2000, 1, 16, 16), generator=generator).float()
+    images[torch.arange(2000), 0, 1 + labels, 2:14] = 230.0
+    poison = torch.randperm(2000, generator=generator)[:poison_count]
+    images[poison, 0, 13:16, 13:16] = 255.0
+    labels[poison] = 0
+    return ImageSet(images.to(torch.uint8), labels), poison
+
+
 def test_repeated_seeds_teach_a_thin_trigger_that_the_held_out_seeds_share():
     """1% of 16×16 images carry a corner trigger and label 0. A quarantine model learns 10 of them
     (half A), repeated to 5% of its data: the 10 it never saw are quarantined, clean samples are not.
     Used once, the same seeds teach too little (2 of 10 held out above 0.1, measured)."""
     generator = torch.Generator().manual_seed(3)
-    labels = torch.arange(10).repeat(200)
-    images = torch.randint(0, 60, (2000, 1, 16, 16), generator=generator).float()
-    images[torch.arange(2000), 0, 1 + labels, 2:14] = 230.0
-    poison = torch.randperm(2000, generator=generator)[:20]
-    images[poison, 0, 13:16, 13:16] = 255.0
-    labels[poison] = 0
-    data = ImageSet(images.to(torch.uint8), labels)
+    data, poison = _triggered_stripes(20, generator)
     half_a, half_b = poison[:10], poison[10:]
     clean = torch.nonzero(~torch.isin(torch.arange(2000), poison)).flatten()
     controls = clean[torch.randperm(clean.numel(), generator=generator)[:200]]
@@ -232,14 +238,8 @@ def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data
     their label (benchmarks/isolation_cells.py, docs/method.md)."""
     from ptdefense.defenses.quarantine import cross_fitted_probability
 
-    generator = torch.Generator().manual_seed(5)
-    labels = torch.arange(10).repeat(200)
-    images = torch.randint(0, 60, (2000, 1, 16, 16), generator=generator).float()
-    images[torch.arange(2000), 0, 1 + labels, 2:14] = 230.0
-    poison = torch.randperm(2000, generator=generator)[:100]
-    images[poison, 0, 13:16, 13:16] = 255.0
-    labels[poison] = 0
-    data = ImageSet(images.to(torch.uint8), labels)
+    data, poison = _triggered_stripes(100, torch.Generator().manual_seed(5))
+    labels = data.labels
     seeds, poisoned_anchors = poison[:80], poison[80:]
     target = labels == 0
     target[poison] = False
