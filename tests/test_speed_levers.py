@@ -214,15 +214,19 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share):
         train, {0: ["diversity_gap"]}, losses, torch.zeros(480, dtype=torch.bool), 4, "resnet_small", 4, config, CPU,
         0, 0.99, threshold, rounds=2, alpha=1.0, seed_count=30, share=share)
     assert details["confirmed_classes"] == [0], details["confirmation"]
-    assert len(round_models) == 2
+    assert len(round_models) == 3  # round 1, then round 2's two cross-fitted half-data models
     in_suspicious = labels == 0
-    # The slow path: every sample scored by each round's model; each round's isolated set.
     assert (round_models[0][2] > 1) == (share > 0)  # round 1's 15 seeds repeated, or not
+    # The slow path: every sample scored by each model.
     slow_scores = [quarantine.prior_corrected(predict_logits(model, train.images, CPU).softmax(1)[:, 4], copies)
                    for model, _, copies in round_models]
-    slow_isolated = [torch.nonzero(in_suspicious & (scores > threshold)).flatten() for scores in slow_scores]
-    assert details["seed_count"] == [15, slow_isolated[0].numel()]  # half the 30 seeds, then round 1's isolated
-    assert torch.equal(isolated, slow_isolated[1])
-    assert torch.equal(scores, slow_scores[1])
+    round_one_isolated = torch.nonzero(in_suspicious & (slow_scores[0] > threshold)).flatten()
+    assert details["seed_count"] == [15, round_one_isolated.numel()]  # half the 30 seeds, then round 1's isolated
+    # Round 2: model 0 trained on the first half (seed 0 + round 1) and scores the second, model 1 the reverse.
+    first = torch.zeros(480, dtype=torch.bool)
+    first[quarantine.split_halves(torch.arange(480), 1)[0]] = True
+    round_two = torch.where(first, slow_scores[2], slow_scores[1])
+    assert torch.equal(isolated, torch.nonzero(in_suspicious & (round_two > threshold)).flatten())
+    assert torch.equal(scores[in_suspicious], round_two[in_suspicious])
     assert 0 < isolated.numel() <= int(in_suspicious.sum())
-    assert scores[~in_suspicious].gt(0).all()  # the other labels were scored too, by the last model
+    assert torch.equal(scores[~in_suspicious], slow_scores[0][~in_suspicious])  # the other labels: round 1's model
