@@ -229,13 +229,14 @@ def test_a_candidate_too_thin_to_test_is_cleared_untested_and_trains_no_model():
     assert isolated.numel() == 0 and details["quarantine_sample_epochs"] == 0 and details["seed_count"] == []
 
 
-def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data_models():
+def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data_models(monkeypatch):
     """A later round's seeds and anchors are scored by the half-data model that did not train on them
     (quarantine.cross_fitted_probability). Here: 100 triggered samples relabelled 0, 80 of them the
     seeds, 20 poisoned anchors kept under label 0; all of label 0 is held out but seeds and anchors.
-    Why it matters is a memorisation effect this small model does not show: on MNIST 5k BadNets,
-    81 of 91 poisoned samples missed were anchors scored by the model that had fitted them under
-    their label (benchmarks/isolation_cells.py, docs/method.md)."""
+    The models are the real ones, recorded as they are trained; the check is that no sample is
+    scored by the model that trained on it (scoring the same half instead fails it). Why it matters
+    is a memorisation effect this small model does not show: on MNIST 5k BadNets, 81 of 91 poisoned
+    samples missed were anchors scored by the model that had fitted them under their label."""
     from ptdefense.defenses.quarantine import cross_fitted_probability
 
     data, poison = _triggered_stripes(100, torch.Generator().manual_seed(5))
@@ -247,8 +248,37 @@ def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data
     anchors = torch.cat([poisoned_anchors, clean_zeros[:20]])
     in_target = labels == 0
     config = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=150)
+    import ptdefense.defenses.quarantine as quarantine
+
+    trained_sets, models = [], []  # what each model trained on, and the model: the real train_quarantine's
+    original = quarantine.train_quarantine
+
+    def recording(train, fold_seeds, fold_anchors, held_out, *rest, **options):
+        trained = ~held_out
+        trained[fold_seeds] = True
+        trained[fold_anchors] = True
+        trained_sets.append(trained)
+        models.append(original(train, fold_seeds, fold_anchors, held_out, *rest, **options))
+        return models[-1]
+
+    monkeypatch.setattr(quarantine, "train_quarantine", recording)
     crossed, sample_epochs = cross_fitted_probability(data, seeds, in_target, 10, "resnet_small", 8, config,
                                                       torch.device("cpu"), seed=0, anchors=anchors, scored=in_target)
+    first = torch.zeros(2000, dtype=torch.bool)
+    first[split_halves(torch.arange(2000), 0)[0]] = True
+    assert len(trained_sets) == 2
+    # model 0 scores the second half, model 1 the first: neither scores a sample it trained on
+    assert not bool((trained_sets[0] & ~first & in_target).any())
+    assert not bool((trained_sets[1] & first & in_target).any())
+    chosen = torch.zeros(2000, dtype=torch.bool)
+    chosen[seeds] = True
+    chosen[anchors] = True
+    assert bool(((trained_sets[0] | trained_sets[1]) >= chosen).all())  # every seed and anchor trained once
+    assert not bool((trained_sets[0] & trained_sets[1]).any())
+    # and each scored sample's probability is the other model's
+    every = [quarantine_probability(model, data.images, 10, torch.device("cpu"), copies) for model, _, copies in models]
+    expected = torch.where(first, every[1], every[0])
+    assert torch.equal(crossed[in_target], expected[in_target])
     assert bool((crossed[~in_target] == 0).all())  # only the `scored` samples are scored
     # Two models, each on its half: the other labels' samples, the seeds (relabelled) and the anchors, once.
     trained_once = int((~in_target).sum()) + seeds.numel() + anchors.numel()
