@@ -84,3 +84,42 @@ def test_an_unseparated_label_isolates_nothing_and_the_verdict_says_why():
     assert nothing.numel() == 0
     result = verdict(alone, 0)
     assert result["verdict"] == INCONCLUSIVE and "no separate mode" in result["verdict_reason"]
+
+
+def test_an_upper_mode_that_claims_the_lower_mean_is_not_separated():
+    # D above 2, but the broad, heavy upper component already holds about 18% posterior at the lower
+    # mean: a cut there would take half the label's clean samples
+    scores = probabilities((100, 0.0, 0.2), (1000, 3.5, 1.2))
+    result = upper_mode(scores, 0.03, seed=0)
+    assert result["ashman_d"] > SEPARATION and not result["separated"]
+    assert "overlaps" in result["reason"]
+
+
+def test_unscored_samples_are_neither_fitted_nor_isolated():
+    # the pooled test scores only its pool: the label's other samples keep probability 0. As a spike
+    # at the clip they would form a component of their own, and the cut beside it would take every
+    # scored sample, clean or not.
+    scored = probabilities((900, -3.0, 1.5), (100, 6.0, 1.0))
+    scores = torch.cat([torch.zeros(3000, dtype=scored.dtype), scored])
+    isolated, figures = isolate_upper_modes(torch.zeros(4000, dtype=torch.int64), scores, [0], 0.03, seed=0)
+    assert figures["0"]["scored"] == 1000
+    assert isolated.min() >= 3000 + 900 - 10 and 95 <= isolated.numel() <= 110
+
+
+def test_a_confirmed_label_is_cut_even_with_nothing_above_the_tests_threshold():
+    # the flagged set is the labels the tests flagged, not only those of samples above 0.1
+    labels = torch.zeros(1000, dtype=torch.int64)
+    scores = probabilities((900, -14.0, 1.0), (100, -4.0, 0.5))  # all below 0.1, yet two modes
+    details = {"z": {}, "suspicious_classes": [0], "confirmation": {"0": {"confirmed": True}}}
+    isolated = isolate_by_modes(labels, labels[:0], scores, 0.03, 0, details)
+    assert details["modes"]["0"]["separated"] and 95 <= isolated.numel() <= 110
+
+
+def test_a_pooled_flag_left_whole_is_described_as_the_pooled_tests_once_per_label():
+    modes = {"3": {"separated": False, "reason": "its quarantine log-odds form no separate mode (Ashman's D 1.20 ≤ 2)"}}
+    details = {"z": {}, "suspicious_classes": [], "unseparated_classes": [3], "modes": modes,
+               "confirmation": {"3": {"confirmed": False, "reason": "cleared: held-out seeds quarantined 2/40"}}}
+    reason = verdict(details, 0)["verdict_reason"]
+    assert reason.count("label 3") == 1
+    assert "the pooled test flagged it" in reason and "passed the quarantine test" not in reason
+    assert "cleared: held-out seeds quarantined 2/40" in reason

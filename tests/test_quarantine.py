@@ -262,7 +262,7 @@ def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data
         return models[-1]
 
     monkeypatch.setattr(quarantine, "train_quarantine", recording)
-    crossed, sample_epochs = cross_fitted_probability(data, seeds, in_target, 10, "resnet_small", 8, config,
+    crossed, sample_epochs, used = cross_fitted_probability(data, seeds, in_target, 10, "resnet_small", 8, config,
                                                       torch.device("cpu"), seed=0, anchors=anchors, scored=in_target)
     first = torch.zeros(2000, dtype=torch.bool)
     first[split_halves(torch.arange(2000), 0)[0]] = True
@@ -277,6 +277,7 @@ def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data
     assert not bool((trained_sets[0] & trained_sets[1]).any())
     # and each scored sample's probability is the other model's
     every = [quarantine_probability(model, data.images, 10, torch.device("cpu"), copies) for model, _, copies in models]
+    assert used == [copies for _, _, copies in models]
     expected = torch.where(first, every[1], every[0])
     assert torch.equal(crossed[in_target], expected[in_target])
     assert bool((crossed[~in_target] == 0).all())  # only the `scored` samples are scored

@@ -182,17 +182,18 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         details["note"] = ("no label's statistics stand out, and " if not candidates else
                            "no candidate label passed the held-out quarantine test, and ") + \
             "the disagreeing samples pooled over all labels share no trigger: nothing isolated"
-    if isolated.numel():
+    if isolated.numel() or details["suspicious_classes"]:
         isolated = isolate_by_modes(train.labels, isolated, probability, settings.mode_posterior, seed, details)
     return Isolation(isolated, probability, details), losses
 
 
 def isolate_by_modes(labels: torch.Tensor, isolated: torch.Tensor, probability: torch.Tensor, posterior: float,
                      seed: int, details: dict) -> torch.Tensor:
-    """The final cut (defenses/modes.py): from each label the tests flagged, the upper mode of its
-    quarantine scores; a flagged label without two separate modes isolates nothing and is named in
+    """The final cut (defenses/modes.py): from each label the tests flagged (`suspicious_classes`,
+    and the labels of the samples above their threshold), the upper mode of its quarantine scores; a
+    flagged label without two separate modes isolates nothing and is named in
     `details["unseparated_classes"]`."""
-    flagged = sorted(set(labels[isolated].tolist()))
+    flagged = sorted(set(labels[isolated].tolist()) | set(details["suspicious_classes"]))
     isolated, details["modes"] = isolate_upper_modes(labels, probability, flagged, posterior, seed)
     unseparated = [label for label in flagged if not details["modes"][str(label)]["separated"]]
     details["unseparated_classes"] = unseparated

@@ -24,6 +24,13 @@ the final scores of matrix cells (log-odds; clean samples' maximum against poiso
 MNIST 5k Blend, clean ≤ −6.2 and poison ≥ −5.1, where a cut at probability 0.1 (−2.2) missed 29 of
 500 poisoned samples; Fashion-MNIST 60k all-to-all, label 4's clean samples reach 3.5, and the
 same cut took 1,442 of them with its 571 poisoned ones (Ashman's D there: 7.4).
+
+Only scored samples take part: a probability of exactly 0 marks a sample no quarantine model scored
+(the pooled test scores only its pool, defenses/pooled.py). Left in, those samples would pile up at
+the clip as a spike, a narrow component of its own, and the cut beside it would take every scored
+sample of the label. Scores are float64 (quarantine.quarantine_probability), so a scored sample's
+probability is 0 only below log-odds of about −745, and the clip (LOWEST, HIGHEST) is far outside
+any measured score.
 """
 
 from __future__ import annotations
@@ -31,18 +38,19 @@ from __future__ import annotations
 import torch
 
 SEPARATION = 2.0  # Ashman's D above which two Gaussian components are apart
-CLIP = 1e-6  # probabilities are clipped to [CLIP, 1 − CLIP] before the log-odds (±13.8)
+LOWEST, HIGHEST = 1e-300, 1 - 2.0 ** -53  # float64's range for a probability: log-odds from −690.8 to 36.7
 MIN_SAMPLES = 20  # fewer samples of a label: no mixture is fitted, the label is not separated
 
 
 def log_odds(probability: torch.Tensor) -> torch.Tensor:
-    clipped = probability.double().clamp(CLIP, 1 - CLIP)
+    clipped = probability.double().clamp(LOWEST, HIGHEST)
     return torch.log(clipped) - torch.log1p(-clipped)
 
 
 def upper_mode(probability: torch.Tensor, posterior: float, seed: int) -> dict:
     """The mixture's verdict on one label's quarantine probabilities: `separated` (Ashman's D above
-    SEPARATION), `cut` (the log-odds from which samples are isolated), and the components' figures."""
+    SEPARATION, and the lower mode's mean below the cut), `cut` (the log-odds from which samples are
+    isolated), and the components' figures."""
     import numpy as np
     from sklearn.mixture import GaussianMixture
 
@@ -52,33 +60,40 @@ def upper_mode(probability: torch.Tensor, posterior: float, seed: int) -> dict:
     mixture = GaussianMixture(n_components=2, n_init=3, reg_covar=1e-3, random_state=seed).fit(values)
     means, spreads = mixture.means_.ravel(), np.sqrt(mixture.covariances_.ravel())
     low, high = int(np.argmin(means)), int(np.argmax(means))
-    separation = float(abs(means[high] - means[low]) / np.sqrt((spreads[high] ** 2 + spreads[low] ** 2) / 2))
+    pooled_spread = np.sqrt((spreads[high] ** 2 + spreads[low] ** 2) / 2)
+    separation = float(abs(means[high] - means[low]) / pooled_spread)
     figures = {"ashman_d": separation, "means": [float(means[low]), float(means[high])],
                "spreads": [float(spreads[low]), float(spreads[high])],
                "weights": [float(mixture.weights_[low]), float(mixture.weights_[high])]}
     if separation <= SEPARATION:
-        return {**figures, "separated": False,
-                "reason": f"its quarantine log-odds form no separate mode (Ashman's D {separation:.2f} ≤ {SEPARATION:g})"}
+        return {**figures, "separated": False, "reason": "its quarantine log-odds form no separate mode "
+                f"(Ashman's D {separation:.2f} ≤ {SEPARATION:g})"}
     # The cut: the lowest point between the two means where the upper component's posterior reaches
     # `posterior`. Searched between the means only, so the decision is monotone: a broad lower
     # component would otherwise win back the far upper tail.
     grid = np.linspace(means[low], means[high], 2001).reshape(-1, 1)
     reached = mixture.predict_proba(grid)[:, high] >= posterior
+    if reached[0]:
+        # The upper mode already claims the lower mode's centre: the cut would take half the label's
+        # clean samples. D just above 2 with unequal weights can do this; the modes are not apart.
+        return {**figures, "separated": False, "reason": "its quarantine log-odds' upper mode overlaps the lower "
+                f"one (posterior ≥ {posterior:g} at the lower mean, Ashman's D {separation:.2f})"}
     cut = float(grid[int(np.argmax(reached)), 0]) if reached.any() else float(means[high])
     return {**figures, "separated": True, "cut": cut}
 
 
 def isolate_upper_modes(labels: torch.Tensor, probability: torch.Tensor, flagged: list[int], posterior: float,
                         seed: int) -> tuple[torch.Tensor, dict]:
-    """Each flagged label's samples in its upper mode (upper_mode): (isolated indices, figures per label)."""
+    """Each flagged label's scored samples in its upper mode (upper_mode): (isolated indices, figures
+    per label). Unscored samples (probability 0) are neither fitted nor isolated."""
     chosen = torch.zeros(labels.numel(), dtype=torch.bool)
     figures = {}
     scores = log_odds(probability)
     for label in flagged:
-        members = labels == label
+        members = (labels == label) & (probability > 0)
         result = upper_mode(probability[members], posterior, seed + label)
         if result["separated"]:
             chosen |= members & (scores >= result["cut"])
-        result["isolated"] = int((chosen & members).sum())
+        result["scored"], result["isolated"] = int(members.sum()), int((chosen & members).sum())
         figures[str(label)] = result
     return torch.nonzero(chosen).flatten(), figures

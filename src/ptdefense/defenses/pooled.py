@@ -49,8 +49,9 @@ something that content does not explain.
    (its seeds relabelled to the quarantine class, its samples outside the pool under their labels;
    the pool's other samples are left out, since most poison is there and would teach the trigger
    its poisoned labels) and scores the other half, so that no sample is scored by a model that
-   learnt it. The samples above `threshold` are isolated, whatever their label, and seed the next
-   round.
+   learnt it. The pool's samples above `threshold`, whatever their label, seed the next round;
+   after the last, their labels are flagged, and each gives up the upper mode of its scores
+   (defenses/modes.py; the samples outside the pool are not scored, and stay).
 6. A label the per-label test confirmed (defenses/quarantine.py) before the pooled test ran may be
    its largest receiver of spread poison (all-to-all): its quarantine class learnt the trigger and
    the label's natural ambiguities together, since both disagree with its content. When the pooled
@@ -115,7 +116,7 @@ def pooled_test(train: ImageSet, features: torch.Tensor, disagrees: torch.Tensor
     controls = matched_controls(features, half_b, ~disagrees & ~removed)
     half_b = half_b[:controls.numel()]
     details: dict = {"pool": int(pool.numel()), "quarantine_sample_epochs": 0}
-    probability = torch.zeros(labels.numel())
+    probability = torch.zeros(labels.numel(), dtype=torch.float64)
     if half_a.numel() < MIN_EXCESS or half_b.numel() < MIN_EXCESS:
         return labels[:0], probability, {**details, "confirmed": False,
                                          "reason": f"too few disagreeing samples to test ({pool.numel()})"}
@@ -136,9 +137,9 @@ def pooled_test(train: ImageSet, features: torch.Tensor, disagrees: torch.Tensor
     details["seed_count"] = []
     for round_index in range(max(1, rounds)):
         details["seed_count"].append(int(seeds.numel()))
-        probability, sample_epochs = cross_fitted_probability(train, seeds, disagrees | removed, num_classes,
-                                                              architecture, width, config, device,
-                                                              seed + 2 * round_index + 1, share)
+        probability, sample_epochs, _ = cross_fitted_probability(train, seeds, disagrees | removed, num_classes,
+                                                                 architecture, width, config, device,
+                                                                 seed + 2 * round_index + 1, share)
         details["quarantine_sample_epochs"] += sample_epochs
         seeds = torch.nonzero(probability > threshold).flatten()
     return seeds, probability, details

@@ -31,10 +31,12 @@
    by content get later passes (`retestable`): low-loss-mode seeds are a clean label's typical
    samples, and leaving out what resembles them breaks the null.
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
-   later round (`rounds` > 1) retrains with the previous round's isolated samples as seeds, the
-   anchors under their label and the other labels' samples, holding out the rest of the confirmed
-   labels, where the residual poison hides. The last round's scores are cut once more by the
-   caller, per label, at the upper mode of their log-odds (defenses/modes.py).
+   later round (`rounds` > 1) takes the previous round's isolated samples as seeds and scores the
+   confirmed labels again with two cross-fitted models (`cross_fitted_probability`): each trains
+   on half the data (its seeds, its anchors under their label, its other labels' samples; the rest
+   of the confirmed labels, where the residual poison hides, left out) and scores the other half.
+   The last round's scores are cut by the caller, per label, at the upper mode of their log-odds
+   (defenses/modes.py); `threshold` only counts samples as quarantined inside the tests.
 
 Budget: a trigger is learnt from how often it is seen, not from how many epochs pass over the
 data. Thin poison (1% BadNets on Fashion-MNIST 60k: half A of label 0 is 134 seeds, and all the
@@ -135,25 +137,28 @@ def quarantine_probability(model: BlockNet, images: torch.Tensor, num_classes: i
                            device: torch.device, copies: int = 1) -> torch.Tensor:
     """Each image's quarantine probability, corrected for seeds used `copies` times (prior_corrected)."""
     if len(images) == 0:
-        return torch.empty(0)
-    logits = predict_logits(model, images, device, description="quarantine scores")
+        return torch.empty(0, dtype=torch.float64)
+    # float64: a float32 softmax rounds to 1 above log-odds 16.6, and poison piled there would look
+    # like a mode of its own to the final cut (defenses/modes.py)
+    logits = predict_logits(model, images, device, description="quarantine scores").double()
     return prior_corrected(logits.softmax(1)[:, num_classes], copies)
 
 
 def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: torch.Tensor, num_classes: int,
                              architecture: str, width: int | None, config: FitConfig, device: torch.device,
                              seed: int, share: float = 0.0, anchors: torch.Tensor | None = None,
-                             scored: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Each `scored` sample's quarantine probability under a model that never trained on it, and the
-    models' sample-epochs. The data are split in two random halves; each half trains one model (its
-    seeds relabelled to the quarantine class, its anchors and its samples outside `left_out` under
-    their labels) that scores the other half. Two half-data models cost about one full one."""
+                             scored: torch.Tensor | None = None) -> tuple[torch.Tensor, int, list[int]]:
+    """Each `scored` sample's quarantine probability under a model that never trained on it (0 for
+    the others), the models' sample-epochs, and how many times each model used its seeds. The data
+    are split in two random halves; each half trains one model (its seeds relabelled to the
+    quarantine class, its anchors and its samples outside `left_out` under their labels) that
+    scores the other half. Two half-data models cost about one full one. Seeds `seed` and `seed + 1`."""
     count = train.labels.numel()
     anchors = seeds[:0] if anchors is None else anchors
     scored = torch.ones(count, dtype=torch.bool) if scored is None else scored
     first = torch.zeros(count, dtype=torch.bool)
     first[split_halves(torch.arange(count), seed)[0]] = True
-    probability, sample_epochs = torch.zeros(count), 0
+    probability, sample_epochs, used = torch.zeros(count, dtype=torch.float64), 0, []
     for index, trained in enumerate((first, ~first)):
         model, epochs, copies = train_quarantine(train, seeds[trained[seeds]], anchors[trained[anchors]],
                                                  ~trained | left_out, num_classes, architecture, width, config,
@@ -161,7 +166,8 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: tor
         targets = torch.nonzero(~trained & scored).flatten()
         probability[targets] = quarantine_probability(model, train.images[targets], num_classes, device, copies)
         sample_epochs += epochs
-    return probability, sample_epochs
+        used.append(copies)
+    return probability, sample_epochs, used
 
 
 def more_often_p_value(hits: int, count: int, control_hits: int, control_count: int) -> float:
@@ -294,7 +300,7 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     labels = train.labels
     details: dict = {"candidates": {str(label): reasons for label, reasons in candidates.items()},
                      "seed_count": [], "quarantine_sample_epochs": 0, "confirmation": {}}
-    probability = torch.zeros(labels.numel())
+    probability = torch.zeros(labels.numel(), dtype=torch.float64)
     picked = {label: label_seeds(torch.nonzero(labels == label).flatten(), reasons, losses, easy, seed_confidence,
                                  seed, seed_count) for label, reasons in candidates.items()}
     # A candidate whose held-out half (split_halves: n // 2 of n seeds) cannot reach MIN_HELD_OUT can never
@@ -381,14 +387,16 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
         # it: a dirty-label target's anchors (its highest-loss samples) hold poison the partial model did
         # not learn, and trained under the label it was never isolated (MNIST 5k, BadNets 10%: 81 of the
         # 91 poisoned samples missed were anchors).
-        scores, sample_epochs = cross_fitted_probability(train, isolated, in_confirmed, num_classes, architecture,
-                                                         width, config, device, seed + round_index, share,
-                                                         confirmed_anchors, in_confirmed)
+        # (seeds seed + 2·round − 1 and seed + 2·round: no two rounds' models share one)
+        scores, sample_epochs, used = cross_fitted_probability(
+            train, isolated, in_confirmed, num_classes, architecture, width, config, device, seed + 2 * round_index - 1,
+            share, confirmed_anchors, in_confirmed)
         details["seed_count"].append(int(isolated.numel()))
+        details["seed_copies"].append(used)  # one count per fold model
         details["quarantine_sample_epochs"] += sample_epochs
         probability[in_confirmed] = scores[in_confirmed]
         isolated = torch.nonzero(in_confirmed & (probability > threshold)).flatten()
-    # Scores only (the report's ranking): the other labels, under the last model.
+    # Scores only (the report's ranking): the labels that were no candidate, under the last model of the test.
     probability[~in_candidates] = quarantine_probability(model, train.images[~in_candidates], num_classes, device,
                                                          copies)
     details["confirmed_classes"] = confirmed

@@ -50,8 +50,8 @@ def outlier_scores(values: dict[str, float]) -> dict[str, float]:
 def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
     """The verdict, its statistic (the largest z-score and where it is), the threshold and the reason.
 
-    `details` is isolation's: `z` (statistic → label → z-score), `candidates`, `confirmation` and
-    `suspicious_classes` (the confirmed labels)."""
+    `details` is isolation's: `z` (statistic → label → z-score), `candidates`, `confirmation`,
+    `suspicious_classes` (the labels isolated from), `unseparated_classes` and `modes`."""
     scores: dict[str, dict[str, float]] = details.get("z", {})
     ranked = [(z, label, name) for name, by_label in scores.items() for label, z in by_label.items()]
     top_z, top_label, top_statistic = max(ranked, default=(0.0, None, None))
@@ -73,12 +73,9 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
         else:
             reason = f"{isolated_count} samples isolated from label(s) {confirmed} ({figures})"
         return {"verdict": POISON_FOUND, **summary, "verdict_reason": reason + unseparated_note(details)}
-    cleared = [(label, test.get("reason", "")) for label, test in details.get("confirmation", {}).items()
-               if not test.get("confirmed")]
-    cleared += [(str(label), "left whole: it passed the quarantine test, but " + details["modes"][str(label)]["reason"])
-                for label in details.get("unseparated_classes", [])]
+    cleared = left_whole(details)
     if cleared:
-        reason = "; ".join(f"label {label} stood out but was {why}" for label, why in cleared)
+        reason = "; ".join(f"label {label} stood out but was {' and '.join(why)}" for label, why in cleared.items())
         return {"verdict": INCONCLUSIVE, **summary, "verdict_reason": reason}
     if top_label is not None and top_z >= clear_z:
         reason = (f"nothing isolated, but label {top_label}'s {top_statistic.replace('_', ' ')} stands {top_z:.1f} "
@@ -91,6 +88,18 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
     reason = (f"nothing isolated, and no label stands out: the largest score is label {top_label}'s "
               f"{top_statistic.replace('_', ' ')}, {top_z:.1f} robust standard deviations (< {clear_z:g})")
     return {"verdict": NO_POISON_FOUND, **summary, "verdict_reason": reason}
+
+
+def left_whole(details: dict) -> dict[str, list[str]]:
+    """Why each label that stood out kept all its samples: cleared by the quarantine test, or flagged
+    (by that test or by the pooled one) with scores that formed no separate mode; one entry per label."""
+    tests = details.get("confirmation", {})
+    reasons = {label: [test.get("reason", "")] for label, test in tests.items() if not test.get("confirmed")}
+    for label in details.get("unseparated_classes", []):
+        how = "it passed the quarantine test" if tests.get(str(label), {}).get("confirmed") else \
+            "the pooled test flagged it"
+        reasons.setdefault(str(label), []).append(f"left whole: {how}, but {details['modes'][str(label)]['reason']}")
+    return reasons
 
 
 def unseparated_note(details: dict) -> str:
