@@ -86,19 +86,20 @@ def test_an_unseparated_label_isolates_nothing_and_the_verdict_says_why():
     assert result["verdict"] == INCONCLUSIVE and "no separate mode" in result["verdict_reason"]
 
 
-def test_an_upper_mode_that_claims_the_lower_mean_is_not_separated():
-    # D above 2, but the broad, heavy upper component already holds about 18% posterior at the lower
-    # mean: a cut there would take half the label's clean samples
+def test_an_upper_mode_that_claims_the_lower_mean_cuts_there_and_says_so():
+    # the broad, heavy upper component already holds about 18% posterior at the lower mean: poison
+    # left in costs more than clean samples lost, so the cut is the lower mean, flagged as an overlap
     scores = probabilities((100, 0.0, 0.2), (1000, 3.5, 1.2))
     result = upper_mode(scores, 0.03, seed=0)
-    assert result["ashman_d"] > SEPARATION and not result["separated"]
-    assert "overlaps" in result["reason"]
+    assert result["separated"] and result["overlap"]
+    assert abs(result["cut"] - result["means"][0]) < 1e-9
+    assert not upper_mode(probabilities((900, -8.0, 1.5), (100, 5.0, 2.0)), 0.03, seed=0)["overlap"]
 
 
 def test_unscored_samples_are_neither_fitted_nor_isolated():
-    # the pooled test scores only its pool: the label's other samples keep probability 0. As a spike
-    # at the clip they would form a component of their own, and the cut beside it would take every
-    # scored sample, clean or not.
+    # a guard (every sample is scored when the cut runs): samples at probability 0 would pile up at
+    # the clip as a spike, a component of their own, and the cut beside it would take every scored
+    # sample, clean or not
     scored = probabilities((900, -3.0, 1.5), (100, 6.0, 1.0))
     scores = torch.cat([torch.zeros(3000, dtype=scored.dtype), scored])
     isolated, figures = isolate_upper_modes(torch.zeros(4000, dtype=torch.int64), scores, [0], 0.03, seed=0)
@@ -123,3 +124,19 @@ def test_a_pooled_flag_left_whole_is_described_as_the_pooled_tests_once_per_labe
     assert reason.count("label 3") == 1
     assert "the pooled test flagged it" in reason and "passed the quarantine test" not in reason
     assert "cleared: held-out seeds quarantined 2/40" in reason
+
+
+def test_quarantine_scores_keep_log_odds_a_float32_softmax_would_round_to_certainty():
+    # float32 rounds p to 1 above log-odds 16.6: strongly learnt poison would pile up at the clip
+    from ptdefense.defenses.quarantine import quarantine_probability
+    from ptdefense.models.registry import build_model
+
+    model = build_model("resnet_small", 1, 3, 4)  # two labels and the quarantine class
+    head = model.blocks["head"][2]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0, 25.0]))
+    probability = quarantine_probability(model, torch.zeros(4, 1, 8, 8, dtype=torch.uint8), 2, torch.device("cpu"))
+    assert probability.dtype == torch.float64
+    expected = 25.0 - float(torch.log(torch.tensor(2.0, dtype=torch.float64)))  # against two labels' logits of 0
+    assert torch.allclose(log_odds(probability), torch.full((4,), expected, dtype=torch.float64), atol=1e-3)

@@ -224,7 +224,7 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share):
     round_one_isolated = torch.nonzero(in_suspicious & (slow_scores[0] > threshold)).flatten()
     assert details["seed_count"] == [15, round_one_isolated.numel()]  # half the 30 seeds, then round 1's isolated
     assert details["seed_copies"] == [round_models[0][2], [round_models[1][2], round_models[2][2]]]  # in step
-    # Round 2: model 0 trained on the first half (seed 0 + round 1) and scores the second, model 1 the reverse.
+    # Round 2: model 0 trained on the first half (seed 0 + 2·1 − 1) and scores the second, model 1 the reverse.
     first = torch.zeros(480, dtype=torch.bool)
     first[quarantine.split_halves(torch.arange(480), 1)[0]] = True
     round_two = torch.where(first, slow_scores[2], slow_scores[1])

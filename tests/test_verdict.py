@@ -82,6 +82,9 @@ def test_poison_found_by_the_pooled_test_names_it_and_its_figures_not_a_cleared_
     assert "3/50" not in result["verdict_reason"]
     # A pooled test that did not confirm changes nothing: clean statistics stay clean.
     assert verdict(details(pooled_test={"confirmed": False, "reason": "…"}), 0)["verdict"] == NO_POISON_FOUND
+    # One that confirmed a trigger but isolated nothing cannot call the set clean.
+    found_nothing = verdict(details(pooled_test=pooled), 0)
+    assert found_nothing["verdict"] == INCONCLUSIVE and "245/2575" in found_nothing["verdict_reason"]
 
 
 def test_a_label_confirmed_and_the_pooled_test_confirmed_name_both_figures():

@@ -216,4 +216,4 @@ def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.
                           "isolated": int(isolated_mask[index])}
                          for rank, index in enumerate(order.tolist(), start=1)])
     write_npz(indices_path, isolated_indices=result.isolated.numpy().astype(np.int64),
-              partial_losses=losses.numpy().astype(np.float32), suspicion_scores=result.scores.numpy().astype(np.float32))
+              partial_losses=losses.numpy().astype(np.float32), suspicion_scores=result.scores.numpy().astype(np.float64))

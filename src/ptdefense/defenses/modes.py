@@ -25,12 +25,17 @@ MNIST 5k Blend, clean ≤ −6.2 and poison ≥ −5.1, where a cut at probabili
 500 poisoned samples; Fashion-MNIST 60k all-to-all, label 4's clean samples reach 3.5, and the
 same cut took 1,442 of them with its 571 poisoned ones (Ashman's D there: 7.4).
 
-Only scored samples take part: a probability of exactly 0 marks a sample no quarantine model scored
-(the pooled test scores only its pool, defenses/pooled.py). Left in, those samples would pile up at
-the clip as a spike, a narrow component of its own, and the cut beside it would take every scored
-sample of the label. Scores are float64 (quarantine.quarantine_probability), so a scored sample's
-probability is 0 only below log-odds of about −745, and the clip (LOWEST, HIGHEST) is far outside
-any measured score.
+Scores are float64 (quarantine.quarantine_probability): a float32 softmax rounds to 1 above
+log-odds 16.6, where strongly learnt poison would pile up at the clip as a narrow component of its
+own. In float64 the pile starts at 36.7 (HIGHEST; none of the saved float32 scores of seven cells
+and the default run reached even 16.6). Every sample is scored by the time the cut runs (each by a
+model that did not train on it); a probability of exactly 0 is kept out of the fit and never
+isolated, as a guard: it would mean no model scored the sample.
+
+When the two components overlap so much that the upper one's posterior already reaches
+`posterior` at the lower mean (D just above 2, or a heavy, broad upper component), the cut is the
+lower mean, and the label's figures say `overlap`: by the costs above, poison left in is the worse
+error, and D > 2 has already rejected a single population.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ def log_odds(probability: torch.Tensor) -> torch.Tensor:
 
 def upper_mode(probability: torch.Tensor, posterior: float, seed: int) -> dict:
     """The mixture's verdict on one label's quarantine probabilities: `separated` (Ashman's D above
-    SEPARATION, and the lower mode's mean below the cut), `cut` (the log-odds from which samples are
-    isolated), and the components' figures."""
+    SEPARATION), `cut` (the log-odds from which samples are isolated), `overlap` (the cut is the
+    lower mean), and the components' figures."""
     import numpy as np
     from sklearn.mixture import GaussianMixture
 
@@ -73,19 +78,16 @@ def upper_mode(probability: torch.Tensor, posterior: float, seed: int) -> dict:
     # component would otherwise win back the far upper tail.
     grid = np.linspace(means[low], means[high], 2001).reshape(-1, 1)
     reached = mixture.predict_proba(grid)[:, high] >= posterior
-    if reached[0]:
-        # The upper mode already claims the lower mode's centre: the cut would take half the label's
-        # clean samples. D just above 2 with unequal weights can do this; the modes are not apart.
-        return {**figures, "separated": False, "reason": "its quarantine log-odds' upper mode overlaps the lower "
-                f"one (posterior ≥ {posterior:g} at the lower mean, Ashman's D {separation:.2f})"}
     cut = float(grid[int(np.argmax(reached)), 0]) if reached.any() else float(means[high])
-    return {**figures, "separated": True, "cut": cut}
+    # reached[0]: the upper mode already claims the lower mean, and about half the label's clean
+    # samples go with its poison (the module's story says why that is the cheaper error)
+    return {**figures, "separated": True, "cut": cut, "overlap": bool(reached[0])}
 
 
 def isolate_upper_modes(labels: torch.Tensor, probability: torch.Tensor, flagged: list[int], posterior: float,
                         seed: int) -> tuple[torch.Tensor, dict]:
     """Each flagged label's scored samples in its upper mode (upper_mode): (isolated indices, figures
-    per label). Unscored samples (probability 0) are neither fitted nor isolated."""
+    per label). A sample of probability 0 (unscored) is neither fitted nor isolated."""
     chosen = torch.zeros(labels.numel(), dtype=torch.bool)
     figures = {}
     scores = log_odds(probability)

@@ -36,7 +36,8 @@
    on half the data (its seeds, its anchors under their label, its other labels' samples; the rest
    of the confirmed labels, where the residual poison hides, left out) and scores the other half.
    The last round's scores are cut by the caller, per label, at the upper mode of their log-odds
-   (defenses/modes.py); `threshold` only counts samples as quarantined inside the tests.
+   (defenses/modes.py): `threshold` counts samples as quarantined in the tests, seeds the later
+   rounds and names the labels to cut, but the cut itself is the upper mode's.
 
 Budget: a trigger is learnt from how often it is seen, not from how many epochs pass over the
 data. Thin poison (1% BadNets on Fashion-MNIST 60k: half A of label 0 is 134 seeds, and all the

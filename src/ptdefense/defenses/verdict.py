@@ -74,9 +74,12 @@ def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
             reason = f"{isolated_count} samples isolated from label(s) {confirmed} ({figures})"
         return {"verdict": POISON_FOUND, **summary, "verdict_reason": reason + unseparated_note(details)}
     cleared = left_whole(details)
-    if cleared:
-        reason = "; ".join(f"label {label} stood out but was {' and '.join(why)}" for label, why in cleared.items())
-        return {"verdict": INCONCLUSIVE, **summary, "verdict_reason": reason}
+    reasons = [f"label {label} stood out but was {' and '.join(why)}" for label, why in cleared.items()]
+    if pooled.get("confirmed") and not details.get("unseparated_classes"):
+        reasons.append(f"the pooled test found a trigger shared across the labels ({pooled['reason']}), but its "
+                       "last round put no sample above the threshold")
+    if reasons:
+        return {"verdict": INCONCLUSIVE, **summary, "verdict_reason": "; ".join(reasons)}
     if top_label is not None and top_z >= clear_z:
         reason = (f"nothing isolated, but label {top_label}'s {top_statistic.replace('_', ' ')} stands {top_z:.1f} "
                   f"robust standard deviations above the other labels' (≥ {clear_z:g}): poison the partial model "
