@@ -140,3 +140,29 @@ def test_quarantine_scores_keep_log_odds_a_float32_softmax_would_round_to_certai
     assert probability.dtype == torch.float64
     expected = 25.0 - float(torch.log(torch.tensor(2.0, dtype=torch.float64)))  # against two labels' logits of 0
     assert torch.allclose(log_odds(probability), torch.full((4,), expected, dtype=torch.float64), atol=1e-3)
+
+
+def test_isolate_samples_cuts_a_confirmed_label_with_nothing_above_the_tests_threshold(monkeypatch):
+    # The stage's path (isolate_samples), with the tests' outcome stubbed: label 0 confirmed, but no
+    # sample above 0.1 after the last round. Its upper mode is still isolated.
+    from ptdefense.data.dataset import ImageSet
+    from ptdefense.defenses import isolation
+    from ptdefense.models.registry import build_model
+    from ptdefense.params import IsolationParams
+
+    count = 1000
+    labels = torch.cat([torch.zeros(count, dtype=torch.int64), torch.ones(count, dtype=torch.int64)])
+    train = ImageSet(torch.zeros(2 * count, 1, 8, 8, dtype=torch.uint8), labels)
+    scores = torch.cat([probabilities((900, -14.0, 1.0), (100, -4.0, 0.5)), probabilities((count, -14.0, 1.0), seed=1)])
+    found = {"confirmed_classes": [0], "confirmation": {"0": {"confirmed": True, "controls": 5}}, "candidates": {"0": []},
+             "seed_count": [10], "quarantine_sample_epochs": 0}
+    monkeypatch.setattr(isolation, "signs_and_candidates", lambda *a, **k: ({0: ["diversity_gap"]}, None, {"z": {}}))
+    monkeypatch.setattr(isolation, "confirm_in_turn", lambda *a, **k: (labels[:0], scores.double(), dict(found)))
+    monkeypatch.setattr(isolation, "pooled_test", lambda *a, **k: (
+        labels[:0], torch.zeros(2 * count, dtype=torch.float64),
+        {"confirmed": False, "reason": "stubbed", "quarantine_sample_epochs": 0}))
+    model = build_model("resnet_small", 1, 2, 4)
+    result, _ = isolation.isolate_samples(model, train, IsolationParams(), 2, "resnet_small", 4, 1,
+                                          torch.device("cpu"), 0)
+    assert set(labels[result.isolated].tolist()) == {0} and 95 <= result.isolated.numel() <= 110
+    assert result.details["modes"]["0"]["separated"] and result.details["suspicious_classes"] == [0]
