@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -49,7 +50,7 @@ def cut_between(model, upper: np.ndarray, low: float, high: float) -> float:
 
 
 def two_full(values: np.ndarray) -> float | None:
-    result = upper_mode(torch_probability(values), POSTERIOR, 0)
+    result = upper_mode(torch.sigmoid(torch.from_numpy(values)), POSTERIOR, 0)
     return result["cut"] if result["separated"] else None
 
 
@@ -91,12 +92,6 @@ def bic_split(values: np.ndarray) -> float | None:
 RULES = {"two_full": two_full, "two_tied": two_tied, "bic_split": bic_split}
 
 
-def torch_probability(values: np.ndarray):
-    import torch
-
-    return torch.sigmoid(torch.from_numpy(values))
-
-
 def score_sets() -> list[dict]:
     """Every saved score set: its scores, labels, poison mask and the labels its run flagged."""
     found = []
@@ -127,7 +122,7 @@ def score_sets() -> list[dict]:
 
 
 def evaluate(rule, score_set: dict) -> dict:
-    values = log_odds(torch_probability(np.zeros(0)).new_tensor(score_set["scores"]).double()).numpy()
+    values = log_odds(torch.from_numpy(np.asarray(score_set["scores"], dtype=np.float64))).numpy()
     chosen = np.zeros(values.size, dtype=bool)
     for label in score_set["flagged"]:
         members = (score_set["labels"] == label) & (score_set["scores"] > 0)
