@@ -51,7 +51,7 @@ something that content does not explain.
    its poisoned labels) and scores the other half, so that no sample is scored by a model that
    learnt it. The pool's samples above `threshold`, whatever their label, seed the next round;
    after the last, their labels are flagged, and each gives up the upper mode of its scores
-   (defenses/modes.py; the samples outside the pool are not scored, and stay).
+   (defenses/modes.py; every sample is scored, each by the fold model that did not train on it).
 6. A label the per-label test confirmed (defenses/quarantine.py) before the pooled test ran may be
    its largest receiver of spread poison (all-to-all): its quarantine class learnt the trigger and
    the label's natural ambiguities together, since both disagree with its content. When the pooled
