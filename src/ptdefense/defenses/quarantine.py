@@ -32,9 +32,10 @@
    samples, and leaving out what resembles them breaks the null.
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
    later round (`rounds` > 1) takes the previous round's isolated samples as seeds and scores the
-   confirmed labels again with two cross-fitted models (`cross_fitted_probability`): each trains
-   on half the data (its seeds, its anchors under their label, its other labels' samples; the rest
-   of the confirmed labels, where the residual poison hides, left out) and scores the other half.
+   confirmed labels again with two cross-fitted models (`cross_fitted_probability`): the confirmed
+   labels' samples are split in two halves, and each model trains on one half's seeds and anchors
+   (the rest of the confirmed labels, where the residual poison hides, left out) and on every
+   sample of the other labels, and scores the other half.
    The last round's scores are cut by the caller, per label, at the upper mode of their log-odds
    (defenses/modes.py): `threshold` counts samples as quarantined in the tests, seeds the later
    rounds and names the labels to cut, but the cut itself is the upper mode's.
@@ -150,17 +151,20 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: tor
                              seed: int, share: float = 0.0, anchors: torch.Tensor | None = None,
                              scored: torch.Tensor | None = None) -> tuple[torch.Tensor, int, list[int]]:
     """Each `scored` sample's quarantine probability under a model that never trained on it (0 for
-    the others), the models' sample-epochs, and how many times each model used its seeds. The data
-    are split in two random halves; each half trains one model (its seeds relabelled to the
-    quarantine class, its anchors and its samples outside `left_out` under their labels) that
-    scores the other half. Two half-data models cost about one full one. Seeds `seed` and `seed + 1`."""
+    the others), the models' sample-epochs, and how many times each model used its seeds. The
+    scored samples are split in two random halves; each half trains one model (its seeds relabelled
+    to the quarantine class, its anchors and its samples outside `left_out` under their labels) that
+    scores the other half. Samples that are not scored are trained by both models: only a scored
+    sample needs a model that never saw it, and a model on half the clean data scores the held-out
+    samples more loosely (unseen trigger, 12k: 85.65% isolation precision with every sample split,
+    94.74% with only the confirmed labels split). Seeds `seed` and `seed + 1`."""
     count = train.labels.numel()
     anchors = seeds[:0] if anchors is None else anchors
     scored = torch.ones(count, dtype=torch.bool) if scored is None else scored
     first = torch.zeros(count, dtype=torch.bool)
-    first[split_halves(torch.arange(count), seed)[0]] = True
+    first[split_halves(torch.nonzero(scored).flatten(), seed)[0]] = True
     probability, sample_epochs, used = torch.zeros(count, dtype=torch.float64), 0, []
-    for index, trained in enumerate((first, ~first)):
+    for index, trained in enumerate((first | ~scored, ~first)):
         model, epochs, copies = train_quarantine(train, seeds[trained[seeds]], anchors[trained[anchors]],
                                                  ~trained | left_out, num_classes, architecture, width, config,
                                                  device, seed + index, share)
@@ -384,8 +388,8 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else seeds_a[:0]
     for round_index in range(1, rounds if confirmed else 1):
         # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out,
-        # but for the anchors. Cross-fitted, so that no seed or anchor is scored by a model that trained on
-        # it: a dirty-label target's anchors (its highest-loss samples) hold poison the partial model did
+        # but for the anchors. Cross-fitted over the confirmed labels, so that no seed or anchor is scored by
+        # a model that trained on it: a dirty-label target's anchors (its highest-loss samples) hold poison the partial model did
         # not learn, and trained under the label it was never isolated (MNIST 5k, BadNets 10%: 81 of the
         # 91 poisoned samples missed were anchors).
         # (seeds seed + 2·round − 1 and seed + 2·round: no two rounds' models share one)
