@@ -179,12 +179,13 @@ def test_one_pass_logits_and_features_match_two_passes(name):
     torch.testing.assert_close(features, expected)
 
 
-@pytest.mark.parametrize("share", [0.0, 0.2])
-def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share):
+@pytest.mark.parametrize("share,rounds", [(0.0, 2), (0.2, 2), (0.0, 3)])
+def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share, rounds):
     """Scoring only the candidate labels in each round, and the rest once, gives the isolated set
     and scores that scoring every sample with each round's model (the slow path) gives; with the
     seeds repeated (share 0.2: round 1's 15 seeds used 6 times), the slow path's scores corrected
-    by each model's repeat count."""
+    by each model's repeat count. Each later round is seeded by the one before, with fold seeds
+    seed + 2·round − 1 and seed + 2·round, its folds split over the confirmed label only."""
     import ptdefense.defenses.quarantine as quarantine
     from ptdefense.defenses.isolation import logits_and_features
     from ptdefense.models.registry import build_model
@@ -212,23 +213,29 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share):
     # test confirms it at any p-value (alpha 1) once most held-out seeds are quarantined.
     isolated, scores, details = quarantine.confirm_and_isolate(
         train, {0: ["diversity_gap"]}, losses, torch.zeros(480, dtype=torch.bool), 4, "resnet_small", 4, config, CPU,
-        0, 0.99, threshold, rounds=2, alpha=1.0, seed_count=30, share=share)
+        0, 0.99, threshold, rounds=rounds, alpha=1.0, seed_count=30, share=share)
     assert details["confirmed_classes"] == [0], details["confirmation"]
-    assert len(round_models) == 3  # round 1, then round 2's two cross-fitted half-data models
+    assert len(round_models) == 1 + 2 * (rounds - 1)  # round 1, then two cross-fitted models per later round
     in_suspicious = labels == 0
     assert (round_models[0][2] > 1) == (share > 0)  # round 1's 15 seeds repeated, or not
     # The slow path: every sample scored by each model.
     slow_scores = [quarantine.prior_corrected(predict_logits(model, train.images, CPU).double().softmax(1)[:, 4],
                                                copies)
                    for model, _, copies in round_models]
-    round_one_isolated = torch.nonzero(in_suspicious & (slow_scores[0] > threshold)).flatten()
-    assert details["seed_count"] == [15, round_one_isolated.numel()]  # half the 30 seeds, then round 1's isolated
-    assert details["seed_copies"] == [round_models[0][2], [round_models[1][2], round_models[2][2]]]  # in step
-    # Round 2: model 0 trained on the first half (seed 0 + 2·1 − 1) and scores the second, model 1 the reverse.
-    first = torch.zeros(480, dtype=torch.bool)
-    first[quarantine.split_halves(torch.arange(480), 1)[0]] = True
-    round_two = torch.where(first, slow_scores[2], slow_scores[1])
-    assert torch.equal(isolated, torch.nonzero(in_suspicious & (round_two > threshold)).flatten())
-    assert torch.equal(scores[in_suspicious], round_two[in_suspicious])
+    expected_isolated = torch.nonzero(in_suspicious & (slow_scores[0] > threshold)).flatten()
+    seed_counts, copies = [15], [round_models[0][2]]  # round 1: half the 30 seeds
+    for round_index in range(1, rounds):
+        # Model 2r − 1 trained on the first half of label 0 (split with seed 0 + 2r − 1) and scores the
+        # second, model 2r the reverse; both trained on every sample of the other labels.
+        seed_counts.append(expected_isolated.numel())
+        copies.append([round_models[2 * round_index - 1][2], round_models[2 * round_index][2]])
+        first = torch.zeros(480, dtype=torch.bool)
+        first[quarantine.split_halves(torch.nonzero(in_suspicious).flatten(), 2 * round_index - 1)[0]] = True
+        later = torch.where(first, slow_scores[2 * round_index], slow_scores[2 * round_index - 1])
+        expected_isolated = torch.nonzero(in_suspicious & (later > threshold)).flatten()
+    assert details["seed_count"] == seed_counts  # each later round seeded by the round before
+    assert details["seed_copies"] == copies  # in step
+    assert torch.equal(isolated, expected_isolated)
+    assert torch.equal(scores[in_suspicious], later[in_suspicious])
     assert 0 < isolated.numel() <= int(in_suspicious.sum())
     assert torch.equal(scores[~in_suspicious], slow_scores[0][~in_suspicious])  # the other labels: round 1's model
