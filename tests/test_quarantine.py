@@ -229,7 +229,7 @@ def test_a_candidate_too_thin_to_test_is_cleared_untested_and_trains_no_model():
     assert isolated.numel() == 0 and details["quarantine_sample_epochs"] == 0 and details["seed_count"] == []
 
 
-def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data_models(monkeypatch):
+def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_fold_models(monkeypatch):
     """A later round's seeds and anchors are scored by the model that did not train on them
     (quarantine.cross_fitted_probability). Here: 100 triggered samples relabelled 0, 80 of them the
     seeds, 20 poisoned anchors kept under label 0; all of label 0 is held out but seeds and anchors.
@@ -274,8 +274,8 @@ def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data
     chosen = torch.zeros(2000, dtype=torch.bool)
     chosen[seeds] = True
     chosen[anchors] = True
-    assert bool(((trained_sets[0] | trained_sets[1]) >= chosen).all())  # every seed and anchor trained once
-    assert torch.equal(trained_sets[0] & trained_sets[1], ~in_target)  # and the other labels by both models
+    assert bool(((trained_sets[0] | trained_sets[1]) >= chosen).all())  # every seed and anchor trained,
+    assert torch.equal(trained_sets[0] & trained_sets[1], ~in_target)  # once; the other labels by both models
     # and each scored sample's probability is the other model's
     every = [quarantine_probability(model, data.images, 10, torch.device("cpu"), copies) for model, _, copies in models]
     assert used == [copies for _, _, copies in models]
@@ -285,7 +285,9 @@ def test_a_cross_fitted_round_scores_every_chosen_sample_once_from_two_half_data
     # Two models, each on every other label's sample and on its half of the seeds (relabelled) and anchors.
     sizes = [int(trained.sum()) for trained in trained_sets]
     assert sum(sizes) == 2 * int((~in_target).sum()) + seeds.numel() + anchors.numel()
-    assert sample_epochs >= 2 * sum(sizes)  # at least the two epochs of each
+    # the reported sample-epochs are the two models' own: whole epochs (at least two) of each one's data
+    assert sample_epochs == sum(epochs for _, epochs, _ in models)
+    assert all(epochs % size == 0 and epochs >= 2 * size for (_, epochs, _), size in zip(models, sizes))
     assert int((crossed[seeds] > 0.5).sum()) >= 70  # seeds are scored too, by the model that never saw them
     assert int((crossed[poisoned_anchors] > 0.5).sum()) >= 15, crossed[poisoned_anchors]
     assert int((crossed[clean_zeros[20:]] > 0.5).sum()) <= 10  # the clean zeros stay low

@@ -157,7 +157,8 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: tor
     scores the other half. Samples that are not scored are trained by both models: only a scored
     sample needs a model that never saw it, and a model on half the clean data scores the held-out
     samples more loosely (unseen trigger, 12k: 85.65% isolation precision with every sample split,
-    94.74% with only the confirmed labels split). Seeds `seed` and `seed + 1`."""
+    94.74% with only the confirmed labels split). The seeds and anchors must be scored samples
+    (a seed outside `scored` would be trained by both models). Seeds `seed` and `seed + 1`."""
     count = train.labels.numel()
     anchors = seeds[:0] if anchors is None else anchors
     scored = torch.ones(count, dtype=torch.bool) if scored is None else scored
@@ -388,10 +389,10 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     confirmed_anchors = torch.cat([testable[label][1] for label in confirmed]) if confirmed else seeds_a[:0]
     for round_index in range(1, rounds if confirmed else 1):
         # Later rounds: the isolated samples are the seeds, uncapped, and only confirmed labels are held out,
-        # but for the anchors. Cross-fitted over the confirmed labels, so that no seed or anchor is scored by
-        # a model that trained on it: a dirty-label target's anchors (its highest-loss samples) hold poison the partial model did
-        # not learn, and trained under the label it was never isolated (MNIST 5k, BadNets 10%: 81 of the
-        # 91 poisoned samples missed were anchors).
+        # but for the anchors. Cross-fitted over the confirmed labels, so that no seed or anchor is scored
+        # by a model that trained on it: a dirty-label target's anchors (its highest-loss samples) hold
+        # poison the partial model did not learn, and trained under the label it was never isolated
+        # (MNIST 5k, BadNets 10%: 81 of the 91 poisoned samples missed were anchors).
         # (seeds seed + 2·round − 1 and seed + 2·round: no two rounds' models share one)
         scores, sample_epochs, used = cross_fitted_probability(
             train, isolated, in_confirmed, num_classes, architecture, width, config, device, seed + 2 * round_index - 1,
