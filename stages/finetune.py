@@ -1,5 +1,5 @@
 """DVC stage `finetune`: PT's last step. A clean model is trained on the samples that isolate kept,
-while the isolated ones are pushed away from their labels (`finetune.unlearn`)."""
+while the isolated ones it is sure of are pushed away from their labels (`finetune.unlearn`)."""
 
 import sys
 from pathlib import Path
@@ -26,8 +26,10 @@ def finetune(params: Params) -> None:
 
     device = setup(params)
     train = ImageSet.load(TRAIN_SET)
-    isolated = torch.from_numpy(load_npz(ISOLATED, "isolate", ("isolated_indices",))["isolated_indices"]).long()
-    retained, suspects = train.split(isolated)
+    isolation = load_npz(ISOLATED, "isolate", ("isolated_indices", "confident_indices"))
+    retained, suspects = train.split(torch.from_numpy(isolation["isolated_indices"]).long())
+    unlearned = {"all": suspects, "none": None}.get(params.finetune.unlearn) if params.finetune.unlearn != "confident" \
+        else train.subset(torch.from_numpy(isolation["confident_indices"]).long())
     spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
     with StageRun("finetune", params, logged_params(params, "finetune")) as run:
         log_inputs(run, train, tests=True)
@@ -40,12 +42,13 @@ def finetune(params: Params) -> None:
             model, _ = load_model(PARTIAL_MODEL, "partial-train")
         config = FitConfig(**params.finetune.model_dump(exclude={"init", "unlearn", "unlearn_weight"}))
         started = time.perf_counter()
-        history = finetune_model(model, retained, suspects if params.finetune.unlearn else None, config, device,
+        history = finetune_model(model, retained, unlearned, config, device,
                                  params.seed + 2, params.finetune.unlearn_weight,
                                  on_epoch_end=epoch_logger(run, "", test_set_scorer(model, device)))
         save_model(model, DEFENDED_MODEL,
                    {**spec, "freeze_layers": 0, "stage": "finetune", "init": params.finetune.init})
         final = {**history[-1], "retained_count": len(retained), "isolated_count": len(suspects),
+                 "unlearned_count": len(unlearned) if unlearned is not None else 0,
                  "wall_seconds": time.perf_counter() - started, "sample_epochs": len(history) * len(retained)}
         finish(run, stage_metrics("finetune"), final, not_per_epoch(final, history, evaluated=True),
                [DEFENDED_MODEL])

@@ -44,6 +44,8 @@ def isolate(params: Params) -> None:
         # the quarantine models' sample-epochs (all rounds, scaled epochs included): the stage's compute
         quarantine_sample_epochs = result.details.pop("quarantine_sample_epochs", 0)
         summary = {**result.details, "isolated_count": int(result.isolated.numel()),
+                   "confident_count": int(result.isolated.numel() if result.confident is None
+                                          else result.confident.numel()),
                    "isolated_per_class": {str(c): int(n) for c, n in enumerate(isolated_per_class.tolist())},
                    "sample_epochs": quarantine_sample_epochs,
                    "isolated_share": result.isolated.numel() / len(train),

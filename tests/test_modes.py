@@ -50,7 +50,7 @@ def test_one_graded_population_is_not_separated():
 def test_a_broad_lower_mode_does_not_win_back_the_upper_tail():
     # Gaussian posteriors are not monotone when the lower component is the broader one; the cut is
     scores = probabilities((900, -6.0, 3.0), (100, 6.0, 0.5), (5, 13.0, 0.1))
-    isolated, figures = isolate_upper_modes(torch.zeros(1005, dtype=torch.int64), scores, [0], 0.1, seed=0)
+    isolated, _, figures = isolate_upper_modes(torch.zeros(1005, dtype=torch.int64), scores, [0], 0.1, seed=0)
     assert figures["0"]["separated"]
     assert set(range(1000, 1005)) <= set(isolated.tolist())
 
@@ -63,7 +63,7 @@ def test_only_the_flagged_labels_are_cut():
     labels = torch.cat([torch.zeros(1000, dtype=torch.int64), torch.ones(1000, dtype=torch.int64)])
     scores = torch.cat([probabilities((900, -8.0, 1.5), (100, 5.0, 2.0)),
                         probabilities((900, -8.0, 1.5), (100, 5.0, 2.0), seed=1)])
-    isolated, figures = isolate_upper_modes(labels, scores, [1], 0.1, seed=0)
+    isolated, _, figures = isolate_upper_modes(labels, scores, [1], 0.1, seed=0)
     assert set(figures) == {"1"} and bool((labels[isolated] == 1).all()) and isolated.numel() >= 99
 
 
@@ -73,15 +73,16 @@ def test_an_unseparated_label_isolates_nothing_and_the_verdict_says_why():
     flagged_before = torch.nonzero(scores > 0.1).flatten()  # what a fixed cut would take: both labels
     assert set(labels[flagged_before].tolist()) == {0, 6}
     details = {"z": {}, "suspicious_classes": [0, 6], "confirmation": {}}
-    isolated = isolate_by_modes(labels, flagged_before, scores, 0.1, 0, details)
+    isolated, _ = isolate_by_modes(labels, flagged_before, scores, 0.1, 0, details)
     assert set(labels[isolated].tolist()) == {0}
     assert details["unseparated_classes"] == [6] and details["suspicious_classes"] == [0]
     found = verdict(details, int(isolated.numel()))
     assert found["verdict"] == POISON_FOUND and "label 6" in found["verdict_reason"]
     # the same label alone: nothing isolated, and the verdict cannot call the set clean
     alone = {"z": {}, "suspicious_classes": [6], "confirmation": {}}
-    nothing = isolate_by_modes(labels[1000:], torch.arange(3000)[scores[1000:] > 0.1], scores[1000:], 0.1, 0, alone)
-    assert nothing.numel() == 0
+    nothing, unlearnt = isolate_by_modes(labels[1000:], torch.arange(3000)[scores[1000:] > 0.1], scores[1000:], 0.1, 0,
+                                         alone)
+    assert nothing.numel() == 0 and unlearnt.numel() == 0
     result = verdict(alone, 0)
     assert result["verdict"] == INCONCLUSIVE and "no separate mode" in result["verdict_reason"]
 
@@ -96,13 +97,35 @@ def test_an_upper_mode_that_claims_the_lower_mean_cuts_there_and_says_so():
     assert not upper_mode(probabilities((900, -8.0, 1.5), (100, 5.0, 2.0)), 0.03, seed=0)["overlap"]
 
 
+def test_only_the_isolated_samples_the_upper_mode_is_sure_of_are_confident():
+    # a band between the modes: isolated (posterior ≥ 0.03, poison left in is the worse error) but
+    # not confident (posterior < 0.5): the finetune leaves those out without unlearning them
+    labels = torch.zeros(3000, dtype=torch.int64)
+    scores = probabilities((2700, -4.0, 2.0), (300, 4.0, 1.0))
+    isolated, confident, figures = isolate_upper_modes(labels, scores, [0], 0.03, seed=0)
+    result = figures["0"]
+    assert result["cut"] < result["confident_cut"] < result["means"][1]
+    assert set(confident.tolist()) < set(isolated.tolist())
+    assert result["confident"] == confident.numel()
+    odds = log_odds(scores)
+    assert bool((odds[confident] >= result["confident_cut"]).all())
+    band = sorted(set(isolated.tolist()) - set(confident.tolist()))
+    assert len(band) >= 5 and bool((odds[band] < result["confident_cut"]).all())
+    # the band is mostly the lower mode's tail; the confident set is nearly all upper mode
+    assert sum(index < 2700 for index in band) > len(band) / 2
+    assert sum(index >= 2700 for index in confident.tolist()) >= 0.95 * confident.numel()
+    # at a posterior above 0.5 the confident cut is the isolation cut itself
+    strict = upper_mode(scores, 0.7, seed=0)
+    assert strict["confident_cut"] == strict["cut"]
+
+
 def test_unscored_samples_are_neither_fitted_nor_isolated():
     # a guard (every sample is scored when the cut runs): samples at probability 0 would pile up at
     # the clip as a spike, a component of their own, and the cut beside it would take every scored
     # sample, clean or not
     scored = probabilities((900, -3.0, 1.5), (100, 6.0, 1.0))
     scores = torch.cat([torch.zeros(3000, dtype=scored.dtype), scored])
-    isolated, figures = isolate_upper_modes(torch.zeros(4000, dtype=torch.int64), scores, [0], 0.03, seed=0)
+    isolated, _, figures = isolate_upper_modes(torch.zeros(4000, dtype=torch.int64), scores, [0], 0.03, seed=0)
     assert figures["0"]["scored"] == 1000
     assert isolated.min() >= 3000 + 900 - 10 and 95 <= isolated.numel() <= 110
 
@@ -112,7 +135,7 @@ def test_a_confirmed_label_is_cut_even_with_nothing_above_the_tests_threshold():
     labels = torch.zeros(1000, dtype=torch.int64)
     scores = probabilities((900, -14.0, 1.0), (100, -4.0, 0.5))  # all below 0.1, yet two modes
     details = {"z": {}, "suspicious_classes": [0], "confirmation": {"0": {"confirmed": True}}}
-    isolated = isolate_by_modes(labels, labels[:0], scores, 0.03, 0, details)
+    isolated, _ = isolate_by_modes(labels, labels[:0], scores, 0.03, 0, details)
     assert details["modes"]["0"]["separated"] and 95 <= isolated.numel() <= 110
 
 

@@ -67,7 +67,7 @@ def test_defaults(raw):
     assert params.partial.frozen_bn == "recalibrate"
     assert params.isolation.method == "auto"
     assert params.finetune.init == "scratch"
-    assert params.finetune.unlearn is True
+    assert params.finetune.unlearn == "confident"
     assert params.mlflow.required is False
 
 
@@ -248,6 +248,17 @@ def test_isolation_method_lists_valid_values():
     assert "'ratio'" in message
     assert "'quarantine'" in message
     assert "'auto'" in message
+
+
+@pytest.mark.parametrize("given, meaning", [(True, "all"), (False, "none"), ("confident", "confident")])
+def test_finetune_unlearn_keeps_its_boolean_form(given, meaning):
+    # `dvc exp run -S finetune.unlearn=false` from before the three-way choice keeps its meaning
+    assert validate_params({"finetune": {"unlearn": given}}).finetune.unlearn == meaning
+
+
+def test_finetune_unlearn_names_its_choices():
+    message = _error({"finetune": {"unlearn": "some"}})
+    assert "finetune.unlearn" in message and all(word in message for word in ("confident", "all", "none"))
 
 
 @pytest.mark.parametrize("raw, key", [

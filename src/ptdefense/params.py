@@ -225,10 +225,21 @@ class FinetuneParams(OptimParams):
     # Where the clean model starts: trained afresh, or fine-tuned from an earlier model.
     init: Literal["scratch", "backdoored", "partial"] = "scratch"
     epochs: PositiveInt = 3
-    # Push the isolated samples away from their (possibly poisoned) labels while training on the
-    # retained ones, so that poison left in the retained set cannot implant the backdoor again.
-    unlearn: bool = True
+    # Push isolated samples away from their (possibly poisoned) labels while training on the retained
+    # ones, so that poison left in the retained set cannot implant the backdoor again: the confident
+    # ones (defenses/modes.py, upper-mode posterior ≥ 0.5), all of them, or none. true/false: all/none.
+    unlearn: Literal["confident", "all", "none"] = "confident"
     unlearn_weight: NonNegativeFloat = 1.0
+
+    @field_validator("unlearn", mode="before")
+    @classmethod
+    def _unlearn_choice(cls, value: object) -> object:
+        if isinstance(value, bool):  # the section's earlier boolean form
+            return "all" if value else "none"
+        if value not in ("confident", "all", "none"):
+            raise ValueError(f"invalid value {value!r}; use confident (the isolated samples the final cut "
+                             "is sure of), all (every isolated sample) or none (no unlearning)")
+        return value
 
 
 class AblParams(OptimiserParams):

@@ -182,27 +182,30 @@ def isolate_samples(model: BlockNet, train: ImageSet, settings, num_classes: int
         details["note"] = ("no label's statistics stand out, and " if not candidates else
                            "no candidate label passed the held-out quarantine test, and ") + \
             "the disagreeing samples pooled over all labels share no trigger: nothing isolated"
+    confident = isolated
     if isolated.numel() or details["suspicious_classes"]:
-        isolated = isolate_by_modes(train.labels, isolated, probability, settings.mode_posterior, seed, details)
-    return Isolation(isolated, probability, details), losses
+        isolated, confident = isolate_by_modes(train.labels, isolated, probability, settings.mode_posterior, seed,
+                                               details)
+    return Isolation(isolated, probability, details, confident), losses
 
 
 def isolate_by_modes(labels: torch.Tensor, isolated: torch.Tensor, probability: torch.Tensor, posterior: float,
-                     seed: int, details: dict) -> torch.Tensor:
+                     seed: int, details: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The final cut (defenses/modes.py): from each label the tests flagged (`suspicious_classes`,
     and the labels of the samples above their threshold), the upper mode of its quarantine scores; a
     flagged label without two separate modes isolates nothing and is named in
-    `details["unseparated_classes"]`."""
+    `details["unseparated_classes"]`. Returns (the isolated indices, the confident ones among them)."""
     flagged = sorted(set(labels[isolated].tolist()) | set(details["suspicious_classes"]))
-    isolated, details["modes"] = isolate_upper_modes(labels, probability, flagged, posterior, seed)
+    isolated, confident, details["modes"] = isolate_upper_modes(labels, probability, flagged, posterior, seed)
     unseparated = [label for label in flagged if not details["modes"][str(label)]["separated"]]
     details["unseparated_classes"] = unseparated
     details["suspicious_classes"] = [label for label in details["suspicious_classes"] if label not in unseparated]
-    return isolated
+    return isolated, confident
 
 
 def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.Tensor, result: Isolation) -> None:
-    """losses.csv (one row per sample, most suspicious first) and isolated.npz (the indices)."""
+    """losses.csv (one row per sample, most suspicious first) and isolated.npz (the indices, and the
+    confident ones that the finetune unlearns)."""
     import numpy as np
 
     from ptdefense.artifacts import write_csv, write_npz
@@ -215,5 +218,7 @@ def write_isolation(csv_path, indices_path, labels: torch.Tensor, losses: torch.
                           "suspicion_score": f"{float(result.scores[index]):.6g}",
                           "isolated": int(isolated_mask[index])}
                          for rank, index in enumerate(order.tolist(), start=1)])
+    confident = result.isolated if result.confident is None else result.confident
     write_npz(indices_path, isolated_indices=result.isolated.numpy().astype(np.int64),
+              confident_indices=confident.numpy().astype(np.int64),
               partial_losses=losses.numpy().astype(np.float32), suspicion_scores=result.scores.numpy().astype(np.float64))

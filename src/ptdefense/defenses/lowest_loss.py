@@ -14,6 +14,8 @@ class Isolation:
     isolated: torch.Tensor  # sorted int64 indices of the suspects
     scores: torch.Tensor  # per-sample suspicion score used for the ranking (higher = more suspicious)
     details: dict = field(default_factory=dict)
+    # the suspects the finetune unlearns with `finetune.unlearn: confident` (None: all of them)
+    confident: torch.Tensor | None = None
 
 
 def isolate_lowest_loss(losses: torch.Tensor, ratio: float) -> Isolation:

@@ -36,6 +36,15 @@ When the two components overlap so much that the upper one's posterior already r
 `posterior` at the lower mean (D just above 2, or a heavy, broad upper component), the cut is the
 lower mean, and the label's figures say `overlap`: by the costs above, poison left in is the worse
 error, and D > 2 has already rejected a single population.
+
+The isolated samples the upper component claims with a posterior of at least 0.5 (CONFIDENT) are
+the *confident* ones, and only they are unlearnt by the finetune (`finetune.unlearn: confident`).
+The costs differ there: an isolated sample is out of training whether it is unlearnt or not, so
+not unlearning a poisoned one costs little, while unlearning a clean one teaches the final model
+that its class is not its class. With the costs about equal, the Bayes rule is the even posterior.
+Measured on two full cells (2026-12-07, same isolation, finetune re-run): SIG 5% 88.76 → 89.66%
+(2,879 of 3,203 unlearnt, 98 of them clean instead of 285), all-to-all 89.74 → 90.25%, with the
+ASR at 0.02% and 0.11%.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ import torch
 SEPARATION = 2.0  # Ashman's D above which two Gaussian components are apart
 LOWEST, HIGHEST = 1e-300, 1 - 2.0 ** -53  # float64's range for a probability: log-odds from −690.8 to 36.7
 MIN_SAMPLES = 20  # fewer samples of a label: no mixture is fitted, the label is not separated
+CONFIDENT = 0.5  # the upper component's posterior from which an isolated sample is unlearnt
 
 
 def log_odds(probability: torch.Tensor) -> torch.Tensor:
@@ -55,7 +65,8 @@ def log_odds(probability: torch.Tensor) -> torch.Tensor:
 def upper_mode(probability: torch.Tensor, posterior: float, seed: int) -> dict:
     """The mixture's verdict on one label's quarantine probabilities: `separated` (Ashman's D above
     SEPARATION), `cut` (the log-odds from which samples are isolated), `overlap` (the cut is the
-    lower mean), and the components' figures."""
+    lower mean), `confident_cut` (from which they are confident, CONFIDENT), and the components'
+    figures."""
     import numpy as np
     from sklearn.mixture import GaussianMixture
 
@@ -73,22 +84,32 @@ def upper_mode(probability: torch.Tensor, posterior: float, seed: int) -> dict:
     if separation <= SEPARATION:
         return {**figures, "separated": False, "reason": "its quarantine log-odds form no separate mode "
                 f"(Ashman's D {separation:.2f} ≤ {SEPARATION:g})"}
-    # The cut: the lowest point between the two means where the upper component's posterior reaches
-    # `posterior`. Searched between the means only, so the decision is monotone: a broad lower
-    # component would otherwise win back the far upper tail.
+    cut, overlap = posterior_cut(mixture, means, low, high, posterior)
+    # overlap: the upper mode already claims the lower mean, and about half the label's clean
+    # samples go with its poison (the module's story says why that is the cheaper error)
+    confident_cut, _ = posterior_cut(mixture, means, low, high, max(posterior, CONFIDENT))
+    return {**figures, "separated": True, "cut": cut, "overlap": overlap, "confident_cut": confident_cut}
+
+
+def posterior_cut(mixture, means, low: int, high: int, posterior: float) -> tuple[float, bool]:
+    """(the lowest log-odds between the two means where the upper component's posterior reaches
+    `posterior`, whether it reaches it already at the lower mean). Searched between the means only,
+    so the decision is monotone: a broad lower component would otherwise win back the far upper tail."""
+    import numpy as np
+
     grid = np.linspace(means[low], means[high], 2001).reshape(-1, 1)
     reached = mixture.predict_proba(grid)[:, high] >= posterior
     cut = float(grid[int(np.argmax(reached)), 0]) if reached.any() else float(means[high])
-    # reached[0]: the upper mode already claims the lower mean, and about half the label's clean
-    # samples go with its poison (the module's story says why that is the cheaper error)
-    return {**figures, "separated": True, "cut": cut, "overlap": bool(reached[0])}
+    return cut, bool(reached[0])
 
 
 def isolate_upper_modes(labels: torch.Tensor, probability: torch.Tensor, flagged: list[int], posterior: float,
-                        seed: int) -> tuple[torch.Tensor, dict]:
-    """Each flagged label's scored samples in its upper mode (upper_mode): (isolated indices, figures
-    per label). A sample of probability 0 (unscored) is neither fitted nor isolated."""
+                        seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Each flagged label's scored samples in its upper mode (upper_mode): (isolated indices, the
+    confident ones among them, figures per label). A sample of probability 0 (unscored) is neither
+    fitted nor isolated."""
     chosen = torch.zeros(labels.numel(), dtype=torch.bool)
+    confident = torch.zeros(labels.numel(), dtype=torch.bool)
     figures = {}
     scores = log_odds(probability)
     for label in flagged:
@@ -96,6 +117,9 @@ def isolate_upper_modes(labels: torch.Tensor, probability: torch.Tensor, flagged
         result = upper_mode(probability[members], posterior, seed + label)
         if result["separated"]:
             chosen |= members & (scores >= result["cut"])
+            confident |= members & (scores >= result["confident_cut"])
         result["scored"], result["isolated"] = int(members.sum()), int((chosen & members).sum())
+        if result["separated"]:
+            result["confident"] = int((confident & members).sum())
         figures[str(label)] = result
-    return torch.nonzero(chosen).flatten(), figures
+    return torch.nonzero(chosen).flatten(), torch.nonzero(confident).flatten(), figures
