@@ -28,8 +28,10 @@ def finetune(params: Params) -> None:
     train = ImageSet.load(TRAIN_SET)
     isolation = load_npz(ISOLATED, "isolate", ("isolated_indices", "confident_indices"))
     retained, suspects = train.split(torch.from_numpy(isolation["isolated_indices"]).long())
-    unlearned = {"all": suspects, "none": None}.get(params.finetune.unlearn) if params.finetune.unlearn != "confident" \
-        else train.subset(torch.from_numpy(isolation["confident_indices"]).long())
+    if params.finetune.unlearn == "confident":  # the isolated samples the final cut is sure of
+        unlearned = train.subset(torch.from_numpy(isolation["confident_indices"]).long())
+    else:
+        unlearned = suspects if params.finetune.unlearn == "all" else None
     spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
     with StageRun("finetune", params, logged_params(params, "finetune")) as run:
         log_inputs(run, train, tests=True)
