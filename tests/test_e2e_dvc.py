@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -79,6 +80,14 @@ def test_repro_runs_every_stage_and_writes_sane_metrics(workspace, reproduced):
             assert 0.0 <= metrics[method][key] <= 1.0
     assert "isolation_recall" not in metrics["no_defense"] and "isolation_recall" not in metrics["clean_reference"]
     assert metrics["abl"]["isolated_count"] == 30  # abl.isolation_ratio 1% of 3000
+    # PT's finetune leaves out every isolated sample and unlearns only the confident ones (the default).
+    finetuned = json.loads((workspace / "metrics/finetune.json").read_text())
+    isolated = json.loads((workspace / "metrics/isolate.json").read_text())
+    saved = np.load(workspace / "data/isolation/isolated.npz")
+    assert set(saved["confident_indices"].tolist()) <= set(saved["isolated_indices"].tolist())
+    assert finetuned["isolated_count"] == isolated["isolated_count"] == len(saved["isolated_indices"])
+    assert finetuned["retained_count"] == 3000 - isolated["isolated_count"]
+    assert finetuned["unlearned_count"] == isolated["confident_count"] == len(saved["confident_indices"])
     # The clean reference trains on the samples the attacker did not touch, with the victim's epochs.
     assert metrics["clean_reference"]["sample_epochs"] == 2 * (3000 - 300)
     report = (workspace / "reports/evaluate.md").read_text()
