@@ -39,15 +39,29 @@ def render(cells: list[dict], order: list[str]) -> str:
              "Each cell: the committed params.yaml with only the data and attack changed (overrides, if any, in "
              "the last column). CA / ASR in %, isolation precision / recall / FPR in %.", "",
              "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
-             "isolation ok | PT stages s | cell s | overrides |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "isolation ok | PT stages s | cell s | commit | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cell_id in order:
-        lines.append(_row(by_id[cell_id]) if cell_id in by_id else f"| {cell_id} | not measured yet | | | | | | | | | | | |")
+        lines.append(_row(by_id[cell_id]) if cell_id in by_id else f"| {cell_id} | not measured yet |{' |' * 12}")
     timed = [cell["repro_seconds"] for cell in cells if cell.get("repro_seconds")]
     lines += ["", f"{len(cells)} of {len(order)} cells measured; the {len(timed)} run here took "
               f"{sum(timed) / 3600:.1f} h of `dvc repro` in all (cell s: each cell's, all its stages; PT stages s: "
-              "partial-train, isolate and finetune). A cell recorded with `--adopt` has no cell time."]
+              "partial-train, isolate and finetune; commit: the code the cell ran). A cell recorded with `--adopt` "
+              "has no cell time.", "", tally([by_id[cell_id] for cell_id in order if cell_id in by_id])]
     return "\n".join(lines) + "\n"
+
+
+def tally(cells: list[dict]) -> str:
+    """How many measured cells meet each of the issue's criteria (only the cells where it applies)."""
+    met = [criteria(cell) for cell in cells]
+
+    def count(key: str) -> str:
+        judged = [m[key] for m in met if m.get(key) is not None]
+        return f"{sum(judged)} of {len(judged)}"
+
+    return (f"Of the measured cells: PT holds in {count('holds')} poisoned cells; beats or ties ABL in "
+            f"{count('beats_abl')}; isolation ok in {count('isolation')} at rates of 1% and above; clean cells "
+            f"pass in {count('clean_cell')}.")
 
 
 def _row(cell: dict) -> str:
@@ -57,11 +71,12 @@ def _row(cell: dict) -> str:
     isolation = (f"{_pct(pt['isolation_precision'])} / {_pct(pt['isolation_recall'])} / "
                  f"{_pct(pt['isolation_false_positive_rate'])} ({pt['isolated_count']})")
     met = criteria(cell)
-    overrides = cell.get("key", {}).get("overrides") or ""
+    key = cell.get("key", {})
+    overrides = key.get("overrides") or ""
     return (f"| {cell['id']} | {pair['no_defense']} | {pair['pt']} | {pair['abl']} | {pair['clean_reference']} "
             f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
             f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {_seconds(pt.get('wall_seconds'))} "
-            f"| {_seconds(cell.get('repro_seconds'))} | {overrides} |")
+            f"| {_seconds(cell.get('repro_seconds'))} | {key.get('commit', '—')} | {overrides} |")
 
 
 def render_extra(cells: list[dict]) -> str:
@@ -72,8 +87,8 @@ def render_extra(cells: list[dict]) -> str:
              "The same run as a matrix cell, on data the matrix does not hold; kept out of "
              "`benchmarks/results/robustness.json`, with results in `benchmarks/results/robustness/`.", "",
              "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
-             "isolation ok | PT stages s | cell s | overrides |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "isolation ok | PT stages s | cell s | commit | overrides |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(lines + [_row(cell) for cell in cells]) + "\n"
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from robustness_report import criteria, render, render_extra, render_isolation  # noqa: E402
+from robustness_report import criteria, render, render_extra, render_isolation, tally  # noqa: E402
 
 
 def cell(pt_ca=0.91, pt_asr=0.005, abl=(0.85, 0.05), reference=(0.91, 0.01), recall=0.99, fpr=0.001, rate=0.1,
@@ -46,6 +46,20 @@ def test_the_table_lists_unmeasured_cells():
     table = render([cell()], ["c", "d"])
     assert "| d | not measured yet |" in table
     assert "| c | 91.00 / 100.00 | 91.00 / 0.50 |" in table
+
+
+def test_the_tally_counts_each_criterion_only_where_it_applies():
+    cells = [cell(), cell(pt_asr=0.03), cell(rate=0.005, recall=0.1), cell(rate=0.0, isolated=0, verdict="inconclusive")]
+    line = tally(cells)
+    assert "PT holds in 2 of 3 poisoned cells" in line  # the failing ASR; the clean cell is not judged here
+    assert "isolation ok in 2 of 2 at rates of 1% and above" in line  # the 0.5% cell is not judged
+    assert "clean cells pass in 1 of 1" in line
+    assert tally(cells[1:2]) in render(cells[1:2], ["c", "d"])  # the table's measured cells
+    assert "PT holds in 0 of 1" in tally(cells[1:2])
+
+
+def test_the_table_names_the_commit_each_cell_ran():
+    assert "| 17 | abc1234 |  |" in render([{**cell(), "repro_seconds": 17.0, "key": {"commit": "abc1234"}}], ["c"])
 
 
 def test_cells_outside_the_matrix_get_their_own_table_and_no_unmeasured_rows():
