@@ -54,6 +54,8 @@ def test_the_tally_counts_each_criterion_only_where_it_applies():
     assert "PT holds in 2 of 3 poisoned cells" in line  # the failing ASR; the clean cell is not judged here
     assert "isolation ok in 2 of 2 at rates of 1% and above" in line  # the 0.5% cell is not judged
     assert "clean cells pass in 1 of 1" in line
+    assert "beats or ties ABL in 3 of 3" in tally(cells)  # ABL is judged on every poisoned cell
+    assert "beats or ties ABL in 0 of 1" in tally([cell(abl=(0.95, 0.0))])
     assert tally(cells[1:2]) in render(cells[1:2], ["c", "d"])  # the table's measured cells
     assert "PT holds in 0 of 1" in tally(cells[1:2])
 
