@@ -4,6 +4,11 @@ meets each of the robustness issue's criteria there."""
 from __future__ import annotations
 
 
+TABLE_HEAD = ("| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
+              "isolation ok | PT stages s | cell s | commit | overrides |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
 def _pct(value) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
@@ -38,9 +43,7 @@ def render(cells: list[dict], order: list[str]) -> str:
              "Rendered by `benchmarks/robustness.py` from `benchmarks/results/robustness.json`; do not edit by hand.",
              "Each cell: the committed params.yaml with only the data and attack changed (overrides, if any, in "
              "the last column). CA / ASR in %, isolation precision / recall / FPR in %.", "",
-             "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
-             "isolation ok | PT stages s | cell s | commit | overrides |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             *TABLE_HEAD]
     for cell_id in order:
         lines.append(_row(by_id[cell_id]) if cell_id in by_id else f"| {cell_id} | not measured yet |{' |' * 12}")
     timed = [cell["repro_seconds"] for cell in cells if cell.get("repro_seconds")]
@@ -86,9 +89,7 @@ def render_extra(cells: list[dict]) -> str:
     lines = ["", "## Full cells outside the matrix", "",
              "The same run as a matrix cell, on data the matrix does not hold; kept out of "
              "`benchmarks/results/robustness.json`, with results in `benchmarks/results/robustness/`.", "",
-             "| cell | no defense | PT | ABL | clean reference | PT isolation | PT verdict | holds | ≥ ABL | "
-             "isolation ok | PT stages s | cell s | commit | overrides |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             *TABLE_HEAD]
     return "\n".join(lines + [_row(cell) for cell in cells]) + "\n"
 
 
