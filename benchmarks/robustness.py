@@ -29,6 +29,7 @@ ABL and the clean reference on the same poisoned data.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import fnmatch
 import json
 import subprocess
@@ -110,13 +111,39 @@ def adopt_cell(cell: dict, workspace: Path, datasets: Path, work: Path) -> dict:
     if found != wanted:
         raise SystemExit(f"--adopt {cell['id']}: {workspace}/params.yaml is not the committed params with this "
                          "cell's data and attack; run the cell instead (--cells)")
+    differing = stage_code_differences(workspace)
+    if differing:
+        raise SystemExit(f"--adopt {cell['id']}: {workspace} ran other stage code than this checkout "
+                         f"({', '.join(differing[:5])}); run the cell instead (--cells)")
     status = subprocess.run([str(Path(sys.executable).with_name("dvc")), "status", "--json"], cwd=workspace,
                             env=env(), capture_output=True, text=True, check=True).stdout
     if json.loads(status or "{}"):
         raise SystemExit(f"--adopt {cell['id']}: `dvc status` in {workspace} is not clean; run `dvc repro` there first")
     result = summarise(cell, workspace, None)
     result["adopted_from"] = "the repository" if workspace == ROOT else str(workspace)
+    result["ran_at"] = commit() if workspace == ROOT else source_commit(workspace)
     return result
+
+
+def stage_code_differences(workspace: Path) -> list[str]:
+    """The files of the stages' code (src/, stages/, dvc.yaml) that differ between the workspace and
+    this checkout: a workspace is adopted only if it ran the code this checkout would run."""
+    listed = subprocess.run(["git", "ls-files", "--", "src", "stages", "dvc.yaml"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
+    return [name for name in listed
+            if not (workspace / name).is_file() or not filecmp.cmp(ROOT / name, workspace / name, shallow=False)]
+
+
+def source_commit(workspace: Path) -> str | None:
+    """The commit a workspace was copied from: named in its own commit ("workspace of <hash>"), or,
+    for workspaces made before that, the --work layout's <commit>/<cell>."""
+    subject = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=workspace, capture_output=True,
+                             text=True).stdout.strip()
+    if subject.startswith("workspace of "):
+        return subject.removeprefix("workspace of ")
+    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{workspace.parent.name}^{{commit}}"],
+                           cwd=ROOT, capture_output=True, text=True).returncode == 0
+    return workspace.parent.name if known else None
 
 
 def summarise(cell: dict, workspace: Path, seconds: float) -> dict:

@@ -52,7 +52,7 @@ def merge(base: dict, override: dict) -> dict:
 
 def copy_repo(target: Path, params_override: dict) -> Path:
     """Copy the tracked and untracked-but-not-ignored files (no outputs, no dvc.lock), apply
-    `params_override` to params.yaml, and commit it all in a fresh git repository."""
+    `params_override` to params.yaml, and commit it all in a fresh git repository, naming the source commit."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split("\n")
     for name in filter(None, listed):
@@ -66,7 +66,8 @@ def copy_repo(target: Path, params_override: dict) -> Path:
     (target / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override), sort_keys=False))
     run(["git", "init", "-q"], target)
     run(["git", "add", "-A"], target)
-    run(["git", "commit", "-qm", "workspace"], target)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    run(["git", "commit", "-qm", f"workspace of {head}"], target)  # the commit its code came from
     return target
 
 

@@ -54,3 +54,32 @@ def test_a_clean_cell_takes_its_clean_reference_from_the_no_defense_model(tmp_pa
     poisoned = {**cell("small-mnist-5k-badnets")}
     with pytest.raises(KeyError):  # a poisoned cell without its clean reference is an error, not a guess
         robustness.summarise(poisoned, tmp_path, 1.0)
+
+
+def test_a_workspace_that_ran_other_stage_code_is_refused(tmp_path):
+    """Same params, other code: its figures are not this checkout's, so it must be run, not adopted."""
+    cell_id = "fashion_mnist-full-blend-std"
+    wanted = robustness.merge(yaml.safe_load((robustness.ROOT / "params.yaml").read_text()),
+                              robustness.cell_params(cell(cell_id), tmp_path, tmp_path))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(wanted))
+    for name in ("dvc.yaml", "stages/isolate.py", "src/ptdefense/defenses/modes.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes((robustness.ROOT / name).read_bytes())
+    (tmp_path / "src/ptdefense/defenses/modes.py").write_text("# an edited cut\n")
+    differing = robustness.stage_code_differences(tmp_path)
+    assert "src/ptdefense/defenses/modes.py" in differing
+    assert "stages/isolate.py" not in differing and "dvc.yaml" not in differing
+    with pytest.raises(SystemExit, match="ran other stage code"):
+        robustness.adopt_cell(cell(cell_id), tmp_path, tmp_path, tmp_path)
+
+
+def test_a_workspace_names_the_commit_it_was_copied_from(tmp_path):
+    from dvc_workspace import run
+
+    workspace = tmp_path / "abc1234" / "some-cell"  # not a commit here, so the layout does not name it
+    workspace.mkdir(parents=True)
+    run(["git", "init", "-q"], workspace)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], workspace)
+    assert robustness.source_commit(workspace) is None
+    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace of 0123abc"], workspace)
+    assert robustness.source_commit(workspace) == "0123abc"

@@ -62,6 +62,9 @@ def test_the_tally_counts_each_criterion_only_where_it_applies():
 
 def test_the_table_names_the_commit_each_cell_ran():
     assert "| 17 | abc1234 |  |" in render([{**cell(), "repro_seconds": 17.0, "key": {"commit": "abc1234"}}], ["c"])
+    # an adopted cell: the commit its workspace ran, not the one that recorded it
+    adopted = {**cell(), "ran_at": "0123abc", "key": {"commit": "abc1234"}}
+    assert "| — | 0123abc |  |" in render([adopted], ["c"])
 
 
 def test_cells_outside_the_matrix_get_their_own_table_and_no_unmeasured_rows():
