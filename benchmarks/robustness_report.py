@@ -50,7 +50,7 @@ def render(cells: list[dict], order: list[str]) -> str:
     lines += ["", f"{len(cells)} of {len(order)} cells measured; the {len(timed)} run here took "
               f"{sum(timed) / 3600:.1f} h of `dvc repro` in all (cell s: each cell's, all its stages; PT stages s: "
               "partial-train, isolate and finetune; commit: the code the cell ran). A cell recorded with `--adopt` "
-              "has no cell time.", "", tally([by_id[cell_id] for cell_id in order if cell_id in by_id])]
+              "has no cell time; its commit is the one its workspace was copied from.", "", tally([by_id[cell_id] for cell_id in order if cell_id in by_id])]
     return "\n".join(lines) + "\n"
 
 
