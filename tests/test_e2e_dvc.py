@@ -247,6 +247,19 @@ def test_exp_run_freeze_layers_reruns_only_downstream_stages(workspace, reproduc
     assert {run["tags"]["freeze_layers"] for run in runs} == {"2"}
 
 
+def test_exp_run_finetune_unlearn_reruns_the_finetune_with_that_choice(workspace, reproduced):
+    """`-S finetune.unlearn=none|all`: the finetune unlearns nothing, or every isolated sample, and
+    leaves out every isolated one either way. The tiny set isolates nothing by `auto`, so the runs
+    isolate by `ratio` (10%); the second choice re-runs only the finetune and evaluate."""
+    for choice, rerun in (("none", {"isolate", "verdict", "finetune", "evaluate"}), ("all", {"finetune", "evaluate"})):
+        result = run(["dvc", "exp", "run", "-S", "isolation.method=ratio", "-S", f"finetune.unlearn={choice}",
+                      "--name", f"unlearn-{choice}"], workspace)
+        assert {stage for stage in STAGES if f"Running stage '{stage}'" in result.stdout} == rerun, choice
+        finetuned = json.loads((workspace / "metrics/finetune.json").read_text())
+        assert finetuned["isolated_count"] == 300 and finetuned["retained_count"] == 2700
+        assert finetuned["unlearned_count"] == (0 if choice == "none" else 300), choice
+
+
 def test_exp_run_attack_name_reruns_the_whole_pipeline_with_that_attack(workspace, reproduced):
     """`dvc exp run -S attack.name=…`: the attack's own section is used and every stage re-runs."""
     result = run(["dvc", "exp", "run", "-S", "attack.name=sig", "-S", "attack.sig.delta=30.0", "--name", "sig"],
