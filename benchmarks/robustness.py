@@ -32,6 +32,7 @@ import argparse
 import filecmp
 import fnmatch
 import json
+import re
 import subprocess
 import sys
 import time
@@ -128,22 +129,26 @@ def adopt_cell(cell: dict, workspace: Path, datasets: Path, work: Path) -> dict:
 def stage_code_differences(workspace: Path) -> list[str]:
     """The files of the stages' code (src/, stages/, dvc.yaml) that differ between the workspace and
     this checkout: a workspace is adopted only if it ran the code this checkout would run."""
-    listed = subprocess.run(["git", "ls-files", "--", "src", "stages", "dvc.yaml"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.split()
-    return [name for name in listed
-            if not (workspace / name).is_file() or not filecmp.cmp(ROOT / name, workspace / name, shallow=False)]
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "src",
+                             "stages", "dvc.yaml"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [name for name in filter(None, listed.split("\0"))
+            if not (ROOT / name).is_file() or not (workspace / name).is_file()
+            or not filecmp.cmp(ROOT / name, workspace / name, shallow=False)]
 
 
 def source_commit(workspace: Path) -> str | None:
     """The commit a workspace was copied from: named in its own commit ("workspace of <hash>"), or,
     for workspaces made before that, the --work layout's <commit>/<cell>."""
-    subject = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=workspace, capture_output=True,
-                             text=True).stdout.strip()
-    if subject.startswith("workspace of "):
-        return subject.removeprefix("workspace of ")
-    known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{workspace.parent.name}^{{commit}}"],
-                           cwd=ROOT, capture_output=True, text=True).returncode == 0
-    return workspace.parent.name if known else None
+    subjects = subprocess.run(["git", "log", "--reverse", "--format=%s"], cwd=workspace, capture_output=True,
+                              text=True).stdout.splitlines()
+    if subjects and subjects[0].startswith("workspace of "):  # the copy's own (first) commit
+        return subjects[0].removeprefix("workspace of ")
+    name = workspace.parent.name
+    if not re.fullmatch(r"[0-9a-f]{7,40}", name):  # a hash, not a branch or tag that moves
+        return None
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--short", f"{name}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
 
 
 def summarise(cell: dict, workspace: Path, seconds: float) -> dict:

@@ -79,7 +79,7 @@ def _row(cell: dict) -> str:
     return (f"| {cell['id']} | {pair['no_defense']} | {pair['pt']} | {pair['abl']} | {pair['clean_reference']} "
             f"| {isolation} | {pt['verdict']} | {_mark(met.get('holds', met.get('clean_cell')))} "
             f"| {_mark(met.get('beats_abl'))} | {_mark(met.get('isolation'))} | {_seconds(pt.get('wall_seconds'))} "
-            f"| {_seconds(cell.get('repro_seconds'))} | {cell.get('ran_at') or key.get('commit', '—')} | {overrides} |")
+            f"| {_seconds(cell.get('repro_seconds'))} | {(cell['ran_at'] or '?') if 'ran_at' in cell else key.get('commit', '—')} | {overrides} |")
 
 
 def render_extra(cells: list[dict]) -> str:

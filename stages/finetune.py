@@ -15,7 +15,7 @@ def finetune(params: Params) -> None:
     import torch
 
     from ptdefense.data.dataset import ImageSet, dataset_info, load_npz
-    from ptdefense.defenses.pt import finetune_model
+    from ptdefense.defenses.pt import finetune_model, unlearn_indices
     from ptdefense.models.io import load_model, save_model
     from ptdefense.models.registry import build_from_spec
     from ptdefense.paths import BACKDOORED_MODEL, DEFENDED_MODEL, ISOLATED, PARTIAL_MODEL, TRAIN_SET, stage_metrics
@@ -28,10 +28,8 @@ def finetune(params: Params) -> None:
     train = ImageSet.load(TRAIN_SET)
     isolation = load_npz(ISOLATED, "isolate", ("isolated_indices", "confident_indices"))
     retained, suspects = train.split(torch.from_numpy(isolation["isolated_indices"]).long())
-    if params.finetune.unlearn == "confident":  # the isolated samples the final cut is sure of
-        unlearned = train.subset(torch.from_numpy(isolation["confident_indices"]).long())
-    else:
-        unlearned = suspects if params.finetune.unlearn == "all" else None
+    chosen = unlearn_indices(params.finetune.unlearn, isolation["isolated_indices"], isolation["confident_indices"])
+    unlearned = None if chosen is None else train.subset(chosen)
     spec = model_spec(params, train.image_shape, dataset_info(TRAIN_SET)["num_classes"])
     with StageRun("finetune", params, logged_params(params, "finetune")) as run:
         log_inputs(run, train, tests=True)

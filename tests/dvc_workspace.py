@@ -67,7 +67,9 @@ def copy_repo(target: Path, params_override: dict) -> Path:
     run(["git", "init", "-q"], target)
     run(["git", "add", "-A"], target)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    run(["git", "commit", "-qm", f"workspace of {head}"], target)  # the commit its code came from
+    edited = subprocess.run(["git", "status", "--porcelain", "--", "src", "stages", "params.yaml", "dvc.yaml"], cwd=REPO,
+                            capture_output=True, text=True).stdout.strip()
+    run(["git", "commit", "-qm", f"workspace of {head}{'-dirty' if edited else ''}"], target)  # where its code came from
     return target
 
 

@@ -11,7 +11,7 @@ from ptdefense.attacks.registry import build_attack
 from ptdefense.data.errors import DatasetUnavailable
 from ptdefense.data.loading import load_dataset
 from ptdefense.defenses.isolation import isolate_lowest_loss, isolate_samples
-from ptdefense.defenses.pt import build_partial_model
+from ptdefense.defenses.pt import build_partial_model, unlearn_indices
 from ptdefense.metrics import isolation_metrics
 from ptdefense.params import IsolationParams
 from ptdefense.training import FitConfig, fit
@@ -43,6 +43,16 @@ def partial_model(fashion_mnist_subset):
     model = build_partial_model("resnet_small", 1, 10, None, 3, "recalibrate", data.images, device, seed=0)
     fit(model, data, FitConfig(epochs=6, batch_size=128, lr=0.05, precision="fp32"), device, seed=1)
     return model
+
+
+def test_the_finetune_unlearns_what_finetune_unlearn_names():
+    import numpy as np
+
+    isolated, confident = np.array([7, 2, 9, 4], dtype=np.int64), np.array([2, 9], dtype=np.int64)
+    assert unlearn_indices("confident", isolated, confident).tolist() == [2, 9]
+    assert unlearn_indices("all", isolated, confident).tolist() == [7, 2, 9, 4]
+    assert unlearn_indices("none", isolated, confident) is None
+    assert unlearn_indices("confident", isolated, confident).dtype == torch.int64  # indexes an ImageSet
 
 
 def test_pt_isolation_finds_badnets_poison_on_real_fashion_mnist(fashion_mnist_subset, partial_model):

@@ -81,5 +81,20 @@ def test_a_workspace_names_the_commit_it_was_copied_from(tmp_path):
     run(["git", "init", "-q"], workspace)
     run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], workspace)
     assert robustness.source_commit(workspace) is None
-    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace of 0123abc"], workspace)
-    assert robustness.source_commit(workspace) == "0123abc"
+    head = run(["git", "rev-parse", "--short", "HEAD"], robustness.ROOT).stdout.strip()
+    laid_out = tmp_path / head / "some-cell"  # the --work layout, <commit>/<cell>, of older workspaces
+    laid_out.mkdir(parents=True)
+    run(["git", "init", "-q"], laid_out)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], laid_out)
+    assert robustness.source_commit(laid_out) == head
+    fresh = tmp_path / "main" / "some-cell"  # a branch name moves: not taken for a commit
+    fresh.mkdir(parents=True)
+    run(["git", "init", "-q"], fresh)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], fresh)
+    assert robustness.source_commit(fresh) is None
+    named = tmp_path / "named"
+    named.mkdir()
+    run(["git", "init", "-q"], named)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace of 0123abc"], named)
+    run(["git", "commit", "-q", "--allow-empty", "-m", "a later commit in the copy"], named)
+    assert robustness.source_commit(named) == "0123abc"  # its first commit names it

@@ -65,6 +65,7 @@ def test_the_table_names_the_commit_each_cell_ran():
     # an adopted cell: the commit its workspace ran, not the one that recorded it
     adopted = {**cell(), "ran_at": "0123abc", "key": {"commit": "abc1234"}}
     assert "| — | 0123abc |  |" in render([adopted], ["c"])
+    assert "| — | ? |  |" in render([{**adopted, "ran_at": None}], ["c"])  # unknown, not the recording commit
 
 
 def test_cells_outside_the_matrix_get_their_own_table_and_no_unmeasured_rows():

@@ -56,6 +56,13 @@ def build_partial_model(architecture: str, in_channels: int, num_classes: int, w
     return model
 
 
+def unlearn_indices(choice: str, isolated_indices, confident_indices) -> torch.Tensor | None:
+    """The isolated samples the finetune pushes away from their labels (`finetune.unlearn`): those the
+    final cut is sure of (`confident`), every one (`all`), or none (`none`: None)."""
+    chosen = {"confident": confident_indices, "all": isolated_indices, "none": None}[choice]
+    return None if chosen is None else torch.as_tensor(chosen).long()
+
+
 def finetune_model(model: BlockNet, retained: ImageSet, isolated: ImageSet | None, config: FitConfig,
                    device: torch.device, seed: int, unlearn_weight: float,
                    on_epoch_end: EpochCallback | None = None) -> list[dict[str, float]]:
