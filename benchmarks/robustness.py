@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dvc_workspace import copy_repo, env, merge  # noqa: E402
+from dvc_workspace import code_commit as commit, copy_repo, env, merge  # noqa: E402
 from robustness_cells import CELLS, EXTRA_CELLS, unseen_trigger_folder  # noqa: E402
 from robustness_report import render, render_extra, render_isolation  # noqa: E402
 
@@ -53,15 +53,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 CELL_RESULTS = RESULTS / "robustness"
 METHODS = ("no_defense", "pt", "abl", "clean_reference")
 ISOLATION_KEYS = ("isolation_precision", "isolation_recall", "isolation_false_positive_rate", "isolated_count")
-
-
-def commit() -> str:
-    """HEAD's short hash, with "-dirty" when the code the stages run differs from it (uncommitted edits)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
-    edited = bool(subprocess.run(["git", "status", "--porcelain", "--", "src", "stages", "params.yaml", "dvc.yaml"],
-                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    return f"{head}-dirty" if edited else head
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -66,11 +66,16 @@ def copy_repo(target: Path, params_override: dict) -> Path:
     (target / "params.yaml").write_text(yaml.safe_dump(merge(params, params_override), sort_keys=False))
     run(["git", "init", "-q"], target)
     run(["git", "add", "-A"], target)
+    run(["git", "commit", "-qm", f"workspace of {code_commit()}"], target)  # where its code came from
+    return target
+
+
+def code_commit() -> str:
+    """HEAD's short hash, with "-dirty" when the code the stages run differs from it (uncommitted edits)."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     edited = subprocess.run(["git", "status", "--porcelain", "--", "src", "stages", "params.yaml", "dvc.yaml"], cwd=REPO,
                             capture_output=True, text=True).stdout.strip()
-    run(["git", "commit", "-qm", f"workspace of {head}{'-dirty' if edited else ''}"], target)  # where its code came from
-    return target
+    return f"{head}-dirty" if edited else head
 
 
 # fp32 everywhere: bf16 autocast is about 2x faster than fp32 on CPUs with native bf16 (AVX512-BF16,

@@ -73,28 +73,24 @@ def test_a_workspace_that_ran_other_stage_code_is_refused(tmp_path):
         robustness.adopt_cell(cell(cell_id), tmp_path, tmp_path, tmp_path)
 
 
-def test_a_workspace_names_the_commit_it_was_copied_from(tmp_path):
+def _workspace(path: Path, *subjects: str) -> Path:
     from dvc_workspace import run
 
-    workspace = tmp_path / "abc1234" / "some-cell"  # not a commit here, so the layout does not name it
-    workspace.mkdir(parents=True)
-    run(["git", "init", "-q"], workspace)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], workspace)
-    assert robustness.source_commit(workspace) is None
-    head = run(["git", "rev-parse", "--short", "HEAD"], robustness.ROOT).stdout.strip()
-    laid_out = tmp_path / head / "some-cell"  # the --work layout, <commit>/<cell>, of older workspaces
-    laid_out.mkdir(parents=True)
-    run(["git", "init", "-q"], laid_out)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], laid_out)
-    assert robustness.source_commit(laid_out) == head
-    fresh = tmp_path / "main" / "some-cell"  # a branch name moves: not taken for a commit
-    fresh.mkdir(parents=True)
-    run(["git", "init", "-q"], fresh)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace"], fresh)
-    assert robustness.source_commit(fresh) is None
-    named = tmp_path / "named"
-    named.mkdir()
-    run(["git", "init", "-q"], named)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "workspace of 0123abc"], named)
-    run(["git", "commit", "-q", "--allow-empty", "-m", "a later commit in the copy"], named)
-    assert robustness.source_commit(named) == "0123abc"  # its first commit names it
+    path.mkdir(parents=True)
+    run(["git", "init", "-q"], path)
+    for subject in subjects:
+        run(["git", "commit", "-q", "--allow-empty", "-m", subject], path)
+    return path
+
+
+def test_a_workspace_names_the_commit_it_was_copied_from(tmp_path):
+    head = robustness.commit().removesuffix("-dirty")
+    # not a commit here, so the layout does not name it
+    assert robustness.source_commit(_workspace(tmp_path / "abc1234" / "some-cell", "workspace")) is None
+    # the --work layout, <commit>/<cell>, of older workspaces
+    assert robustness.source_commit(_workspace(tmp_path / head / "some-cell", "workspace")) == head
+    # a branch name moves: not taken for a commit
+    assert robustness.source_commit(_workspace(tmp_path / "main" / "some-cell", "workspace")) is None
+    # the copy's first commit names it, whatever came after
+    named = _workspace(tmp_path / "named", "workspace of 0123abc", "a later commit in the copy")
+    assert robustness.source_commit(named) == "0123abc"
