@@ -82,3 +82,22 @@ def test_only_low_loss_mode_seeds_get_matched_controls():
     assert seeded_by_low_loss_mode(["diversity_gap", "easy_tail"], None)
     assert not seeded_by_low_loss_mode(["easy_disagreement", "diversity_gap"], None)
     assert not seeded_by_low_loss_mode(["diversity_gap"], 300)
+
+
+def test_a_clean_label_trigger_stands_out_from_labels_whose_easy_samples_share_nothing():
+    """The empirical null (defenses/held_out.py): every other label's easy samples (no mark) are
+    seeded, trained into the quarantine class and held out the same way, and the target's trigger is
+    confirmed against their effects."""
+    train, _, losses, features = marked_set("trigger")
+    generator = torch.Generator().manual_seed(9)
+    for label in range(CLASSES - 1):  # an easy mode in each null label, of samples like the rest of it
+        easy = torch.nonzero(train.labels == label).flatten()[:MARKED]
+        losses[easy] = 1e-4 * (1 + torch.rand(MARKED, generator=generator))
+    _, _, details = confirm_and_isolate(train, {TARGET: ["diversity_gap"]}, losses,
+                                        torch.zeros(len(train), dtype=torch.bool), CLASSES, "resnet_small", 8, CONFIG,
+                                        torch.device("cpu"), 0, 0.99, 0.1, rounds=1, alpha=0.001, content=features,
+                                        null_labels=[0, 1, 2], flag_z=3.5)
+    test = details["confirmation"][str(TARGET)]
+    assert test["confirmed"] and test["null_z"] >= 3.5, test
+    assert sorted(details["null_labels"]) == ["0", "1", "2"] and test["null_labels"] == [0, 1, 2]
+    assert max(test["null_log_odds_ratios"]) < test["log_odds_ratio"]

@@ -4,10 +4,11 @@ Three rules (isolation.method):
 - ratio: the lowest-loss `ratio` share, globally (naive PT);
 - auto (default): labels whose signs of poison stand out (defenses/signs.py) are candidates; each
   is tested with a quarantine class trained on half its seeds, and only the labels that pass are
-  isolated from (defenses/quarantine.py). Labels nominated by `easy_tail` alone are tested only
-  when no other candidate is confirmed (confirm_in_turn), and a candidate with too few seeds to
-  hold out is cleared untested. Seeds come from the frozen prefix's view of content
-  (defenses/content.py) or from the label's low-loss mode, so no poison rate is assumed;
+  isolated from (defenses/quarantine.py). Seeds come from the frozen prefix's view of content
+  (defenses/content.py) or from the label's low-loss mode, so no poison rate is assumed. Labels
+  seeded from their low-loss mode are tested only when no label seeded by content is confirmed, and
+  against the labels no statistic nominated (confirm_in_turn, defenses/held_out.py); a candidate
+  with too few seeds to hold out is cleared untested;
 - quarantine: the same, with `seed_ratio` × N lowest-loss seeds shared among the candidates.
 
 With auto and quarantine, the pooled test (defenses/pooled.py) then asks whether the samples
@@ -27,7 +28,7 @@ from ptdefense.defenses.content import content_features, easy_disagreement, neig
 from ptdefense.defenses.lowest_loss import Isolation, isolate_lowest_loss  # noqa: F401 (re-exported)
 from ptdefense.defenses.modes import isolate_upper_modes
 from ptdefense.defenses.pooled import pooled_test, rejudge_explained_labels
-from ptdefense.defenses.quarantine import confirm_and_isolate
+from ptdefense.defenses.quarantine import confirm_and_isolate, seeded_by_low_loss_mode
 from ptdefense.defenses.signs import FALLBACK_STATISTICS, candidate_labels, label_statistics
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, predict_logits, to_input
@@ -79,18 +80,25 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
                     num_classes: int, architecture: str, width: int | None, config: FitConfig, device: torch.device,
                     seed: int, settings, seed_count: int | None,
                     content: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The quarantine test (confirm_and_isolate) on the candidates that any statistic but `easy_tail`
-    nominated; then, only if none of them is confirmed, on those nominated by `easy_tail` alone.
+    """The quarantine test (confirm_and_isolate) on the candidates seeded by content; then, only if
+    none of them is confirmed, on those seeded from their low-loss mode (nominated by the loss
+    statistics alone), each judged against the labels no statistic nominated (held_out.against_null).
+    With fixed-count seeds (method quarantine) the second group is those nominated by `easy_tail` alone.
 
-    Why in turn: `easy_tail` is the least specific sign. A label's easiest samples may be a natural
-    easy sub-population, and seeds drawn from its low-loss mode teach the quarantine class that
-    sub-population along with any trigger. Measured on Fashion-MNIST 60k, all-to-all BadNets 10%:
-    sneakers (label 7, which all-to-all poisons too) were nominated by it alone and confirmed, and
-    isolation took 11,532 samples at 52% precision (FPR 10.2%, against 2.26% without it). It is the
-    sign for data whose content view is blind (CIFAR-10), where no other candidate is confirmed.
+    Why in turn: a label's easiest samples may be a natural easy sub-population, and seeds drawn from
+    its low-loss mode teach the quarantine class that sub-population along with any trigger.
+    Measured on Fashion-MNIST 60k: in all-to-all BadNets 10%, sneakers (label 7, which all-to-all
+    poisons too) were nominated by `easy_tail` alone and confirmed, and isolation took 11,532 samples
+    at 52% precision (FPR 10.2%, against 2.26% without it); in Blend 1% (`d3426ca`), sandals (no
+    poison), nominated by `diversity_gap` alone, were confirmed beside the target, and 4,045 clean
+    sandals were isolated. Dirty-label poison shows in content; a loss-only candidate beside it would
+    be a second, clean-label attack, and is left untested (named in the verdict). The second group
+    trains its own model, with the null labels' seeds, so that it neither dilutes the repeats that
+    thin content-seeded poison needs (quarantine.repeat_count) nor is amplified by them.
     Each group is tested at its Bonferroni share of `confirm_alpha` (its candidates out of all)."""
-    primary = {label: reasons for label, reasons in candidates.items() if set(reasons) - set(FALLBACK_STATISTICS)}
+    primary = {label: reasons for label, reasons in candidates.items() if not waits_for_others(reasons, seed_count)}
     fallback = {label: reasons for label, reasons in candidates.items() if label not in primary}
+    null_labels = [label for label in range(num_classes) if label not in candidates]
     merged: dict = {"candidates": {str(label): reasons for label, reasons in candidates.items()}, "seed_count": [],
                     "quarantine_sample_epochs": 0, "confirmation": {}, "confirmed_classes": []}
     isolated, probability = torch.empty(0, dtype=torch.int64), -losses
@@ -98,8 +106,9 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
         if not group:
             continue
         if merged["confirmed_classes"]:
-            reason = (f"not tested: {'/'.join(FALLBACK_STATISTICS)} alone nominated it, and another label was "
-                      "confirmed (defenses/isolation.py, confirm_in_turn)")
+            reason = (("not tested: seeded from its low-loss mode (the loss statistics alone nominated it)"
+                       if seed_count is None else f"not tested: {'/'.join(FALLBACK_STATISTICS)} alone nominated it")
+                      + ", and another label was confirmed (defenses/isolation.py, confirm_in_turn)")
             for label in group:
                 merged["confirmation"][str(label)] = {"confirmed": False, "reason": reason}
             continue
@@ -107,7 +116,7 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
             train, group, losses, easy, num_classes, architecture, width, config, device, seed,
             settings.seed_confidence, settings.quarantine_threshold, settings.quarantine_rounds,
             settings.confirm_alpha * len(group) / len(candidates), seed_count, settings.quarantine_share,
-            settings.confirm_passes, content)
+            settings.confirm_passes, content, null_labels, settings.flag_z)
         if found["seed_count"]:  # a model was trained: its scores rank the samples (a group too thin to test has none)
             isolated, probability = group_isolated, group_probability
         merged["confirmation"].update(found["confirmation"])
@@ -117,6 +126,14 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
             merged["seed_copies"] = merged.get("seed_copies", []) + found["seed_copies"]
         merged["confirmed_classes"] = found.get("confirmed_classes", [])
     return isolated, probability, merged
+
+
+def waits_for_others(reasons: list[str], seed_count: int | None) -> bool:
+    """Is the candidate tested only when no other is confirmed (confirm_in_turn)? With method auto, when
+    its seeds are its low-loss mode; with fixed-count seeds, when `easy_tail` alone nominated it."""
+    if seed_count is None:
+        return seeded_by_low_loss_mode(reasons, seed_count)
+    return not set(reasons) - set(FALLBACK_STATISTICS)
 
 
 def cleared_and_untested(quarantine: dict) -> tuple[list[int], list[int]]:

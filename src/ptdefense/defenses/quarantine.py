@@ -18,8 +18,10 @@
    share nothing and are not quarantined.
    Null model: half B is quarantined no more often than the controls. One-sided Fisher exact test,
    Bonferroni over the candidates, at `confirm_alpha`; and a majority of half B quarantined, the
-   effect a trigger has. A label that passes is confirmed; one that fails is cleared, with its
-   figures, and the verdict says "inconclusive" rather than "clean".
+   effect a trigger has. Seeds from the low-loss mode must also beat the labels no statistic
+   nominated, seeded and held out the same way in the same model (defenses/held_out.py: a natural
+   easy sub-population passes the first test, not this one). A label that passes is confirmed; one
+   that fails is cleared, with its figures, and the verdict says "inconclusive" rather than "clean".
    The second pass, for a cleared candidate whose held-out seeds were quarantined more often than
    its controls (`leads`). Poison the seeds missed is trained under its label in round 1 and
    teaches the trigger to that label, against half A (MNIST 5k, BadNets 10%: 356 such samples
@@ -61,12 +63,13 @@ import torch
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import matched_controls
+from ptdefense.defenses.held_out import (MIN_HELD_OUT, against_null, held_out_test, leads,  # noqa: F401 (re-exported)
+                                         more_often_p_value)
 from ptdefense.defenses.signs import CONTENT_STATISTICS
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
 from ptdefense.training import FitConfig, fit, predict_logits
 
-MIN_HELD_OUT = 5  # fewer held-out seeds than this: the test cannot confirm the label
 CONTROL_SHARE = 0.2  # of a candidate's other samples, held out of round 1 as the test's controls
 REFERENCE_QUANTILE = 0.99  # second pass: a trained sample above this quantile of the other labels' competes
 
@@ -86,10 +89,11 @@ def low_loss_mode_posterior(losses: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.from_numpy(mixture.predict_proba(values)[:, low])
 
 
-def label_seeds(members: torch.Tensor, reasons: list[str], losses: torch.Tensor, easy: torch.Tensor,
+def label_seeds(members: torch.Tensor, reasons: list[str], losses: torch.Tensor, easy: torch.Tensor | None,
                 seed_confidence: float, seed: int, seed_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A candidate label's seeds (lowest loss first) and as many anchors (its highest-loss samples).
-    `seed_count` (method quarantine) fixes the count: the label's lowest-loss samples."""
+    `seed_count` (method quarantine) fixes the count: the label's lowest-loss samples. No content
+    statistic in `reasons` (a null label's: none): the low-loss mode, `easy` unused."""
     ordered = members[torch.sort(losses[members], stable=True).indices]
     cap = members.numel() // 4
     if seed_count is not None:
@@ -176,33 +180,6 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: tor
     return probability, sample_epochs, used
 
 
-def more_often_p_value(hits: int, count: int, control_hits: int, control_count: int) -> float:
-    """One-sided Fisher exact test: p-value of "hits/count is no larger a share than control_hits/control_count"."""
-    from scipy.stats import fisher_exact
-
-    return float(fisher_exact([[hits, count - hits], [control_hits, control_count - control_hits]],
-                              alternative="greater")[1])
-
-
-def held_out_test(quarantined: torch.Tensor, held_seeds: torch.Tensor, controls: torch.Tensor,
-                  alpha: float) -> dict:
-    """Is the held-out half of a label's seeds quarantined more often than its other held-out samples?"""
-    seed_hits, control_hits = int(quarantined[held_seeds].sum()), int(quarantined[controls].sum())
-    seed_count, control_count = held_seeds.numel(), controls.numel()
-    result = {"held_out_seeds": seed_count, "held_out_seeds_quarantined": seed_hits,
-              "controls": control_count, "controls_quarantined": control_hits}
-    if seed_count < MIN_HELD_OUT or control_count == 0:
-        return {**result, "p_value": 1.0, "confirmed": False,
-                "reason": f"too few held-out seeds ({seed_count} < {MIN_HELD_OUT}) or no controls to test"}
-    p_value = more_often_p_value(seed_hits, seed_count, control_hits, control_count)
-    majority = seed_hits * 2 > seed_count
-    confirmed = p_value <= alpha and majority
-    reason = ("confirmed: the held-out seeds share what the quarantine class learnt" if confirmed else
-              f"cleared: held-out seeds quarantined {seed_hits}/{seed_count}, controls {control_hits}/{control_count}, "
-              f"p={p_value:.2g} (needs p ≤ {alpha:.2g} and a majority)")
-    return {**result, "p_value": p_value, "confirmed": confirmed, "reason": reason}
-
-
 def control_sample(labels: torch.Tensor, label: int, seeds: torch.Tensor, anchors: torch.Tensor, seed: int,
                    share: float = CONTROL_SHARE) -> torch.Tensor:
     """A seeded random `share` of the label's samples that are neither seed nor anchor."""
@@ -232,18 +209,25 @@ def content_matched_controls(content: torch.Tensor, labels: torch.Tensor, label:
     return matched_controls(content, half_b, eligible)
 
 
+def null_label_splits(labels: torch.Tensor, null_labels: list[int], losses: torch.Tensor, content: torch.Tensor,
+                      seed_confidence: float, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For each label no statistic nominated, seeded like a low-loss-mode candidate: (half A, to train
+    into the quarantine class; half B, held out; half B's content-matched controls). Labels whose
+    mode is too thin to hold out MIN_HELD_OUT seeds are left out (held_out.py, the empirical null)."""
+    splits = {}
+    for label in null_labels:
+        seeds, anchors = label_seeds(torch.nonzero(labels == label).flatten(), [], losses, None, seed_confidence, seed)
+        if seeds.numel() // 2 >= MIN_HELD_OUT:
+            half_a, half_b = split_halves(seeds, seed + label)
+            splits[label] = (half_a, half_b, content_matched_controls(content, labels, label, seeds, anchors, half_b))
+    return splits
+
+
 def split_halves(indices: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     order = torch.randperm(indices.numel(), generator=torch.Generator().manual_seed(seed))
     shuffled = indices[order]
     half = (shuffled.numel() + 1) // 2
     return shuffled[:half], shuffled[half:]
-
-
-def leads(test: dict) -> bool:
-    """Did a cleared candidate's held-out seeds go to the quarantine class more often than its controls?"""
-    if test.get("held_out_seeds", 0) < MIN_HELD_OUT or not test.get("controls"):
-        return False
-    return test["held_out_seeds_quarantined"] / test["held_out_seeds"] > test["controls_quarantined"] / test["controls"]
 
 
 def seeded_by_content(reasons: list[str]) -> bool:
@@ -299,10 +283,13 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
                         easy: torch.Tensor, num_classes: int, architecture: str, width: int | None,
                         config: FitConfig, device: torch.device, seed: int, seed_confidence: float,
                         threshold: float, rounds: int, alpha: float, seed_count: int | None = None,
-                        share: float = 0.0, passes: int = 1, content: torch.Tensor | None = None
+                        share: float = 0.0, passes: int = 1, content: torch.Tensor | None = None,
+                        null_labels: list[int] | None = None, flag_z: float = 3.5
                         ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Steps 2 to 4 of the module's story: (isolated indices, quarantine probability per sample, details).
-    `content`: the frozen prefix's unit-length content features, for the controls of low-loss-mode seeds."""
+    `content`: the frozen prefix's unit-length content features, for the controls of low-loss-mode seeds.
+    `null_labels` (with `content`): labels with no sign of poison, seeded and tested alongside, against
+    whose effects a low-loss-mode candidate is judged (held_out.against_null, at `flag_z`)."""
     labels = train.labels
     details: dict = {"candidates": {str(label): reasons for label, reasons in candidates.items()},
                      "seed_count": [], "quarantine_sample_epochs": 0, "confirmation": {}}
@@ -327,23 +314,36 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     controls = {label: content_matched_controls(content, labels, label, *testable[label], halves[label][1])
                 if content is not None and seeded_by_low_loss_mode(candidates[label], seed_count)
                 else control_sample(labels, label, *testable[label], seed + label) for label in testable}
+    judged_by_null = [label for label in testable if null_labels and content is not None
+                      and seeded_by_low_loss_mode(candidates[label], seed_count)]
+    nulls = null_label_splits(labels, null_labels, losses, content, seed_confidence, seed) if judged_by_null else {}
     # Round 1 trains on every sample but half B and the controls, each under its own label (half A
     # under the quarantine class), so that the candidates' clean content keeps its label and the
-    # controls measure how often a typical sample of the label is quarantined.
+    # controls measure how often a typical sample of the label is quarantined. The null labels' too.
     held_out = torch.zeros(labels.numel(), dtype=torch.bool)
-    for label in testable:
-        held_out[halves[label][1]] = True
-        held_out[controls[label]] = True
+    for half_b, label_controls in [(halves[label][1], controls[label]) for label in testable] + \
+            [(half_b, null_controls) for _, half_b, null_controls in nulls.values()]:
+        held_out[half_b] = True
+        held_out[label_controls] = True
     in_candidates = torch.isin(labels, torch.tensor(sorted(testable)))
-    seeds_a = torch.cat([half_a for half_a, _ in halves.values()])
+    in_null = torch.isin(labels, torch.tensor(sorted(nulls), dtype=torch.int64))
+    seeds_a = torch.cat([half_a for half_a, _ in halves.values()] + [half_a for half_a, _, _ in nulls.values()])
     level = alpha / (passes * len(candidates))  # Bonferroni: each candidate is tested at most `passes` times
     model, copies = _train_round(train, seeds_a, held_out, num_classes, architecture, width, config, device, seed,
                                  share, details)
-    probability[in_candidates] = quarantine_probability(model, train.images[in_candidates], num_classes, device,
-                                                        copies)
+    scored = in_candidates | in_null
+    probability[scored] = quarantine_probability(model, train.images[scored], num_classes, device, copies)
+    null_tests = {label: held_out_test(probability > threshold, half_b, null_controls, 1.0)
+                  for label, (_, half_b, null_controls) in nulls.items()}
+    if judged_by_null:
+        details["null_labels"] = {str(label): {key: test[key] for key in ("held_out_seeds", "held_out_seeds_quarantined",
+                                                                          "controls", "controls_quarantined")}
+                                  for label, test in null_tests.items()}
     confirmed, pending = [], []
     for label, (_, half_b) in halves.items():
         test = held_out_test(probability > threshold, half_b, controls[label], level)
+        if label in judged_by_null:
+            test = against_null(test, null_tests, flag_z)
         details["confirmation"][str(label)] = test
         if test["confirmed"]:
             confirmed.append(label)
@@ -362,7 +362,7 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
         trained[seeds_a] = False
         for label in pending:
             trained[testable[label][1]] = False  # the anchors stay in training
-        reference = ~in_candidates
+        reference = ~in_candidates & ~in_null  # a null label's seeds were trained into the quarantine class
         probability[reference] = quarantine_probability(model, train.images[reference], num_classes, device, copies)
         competing = competing_samples(probability, trained, reference)
         if not bool(competing.any()):

@@ -31,20 +31,21 @@ POISON_FOUND, INCONCLUSIVE, NO_POISON_FOUND = "poison_found", "inconclusive", "n
 MAD_TO_SIGMA = 1.4826  # MAD × this estimates the standard deviation of a normal distribution
 
 
+def modified_z(value: float, others: list[float]) -> float:
+    """`value`'s modified z-score against `others` (their median and MAD; 0 with fewer than two)."""
+    if len(others) < 2:
+        return 0.0
+    centre = statistics.median(others)
+    spread = MAD_TO_SIGMA * statistics.median(abs(other - centre) for other in others)
+    if spread <= 1e-12:  # the others are all equal: fall back to their standard deviation
+        spread = statistics.pstdev(others) or 1e-12
+    return (value - centre) / spread
+
+
 def outlier_scores(values: dict[str, float]) -> dict[str, float]:
     """Each label's modified z-score against the other labels' median and MAD (leave one out)."""
-    scores = {}
-    for label, value in values.items():
-        others = [other for key, other in values.items() if key != label]
-        if len(others) < 2:
-            scores[label] = 0.0
-            continue
-        centre = statistics.median(others)
-        spread = MAD_TO_SIGMA * statistics.median(abs(other - centre) for other in others)
-        if spread <= 1e-12:  # the others are all equal: fall back to their standard deviation
-            spread = statistics.pstdev(others) or 1e-12
-        scores[label] = (value - centre) / spread
-    return scores
+    return {label: modified_z(value, [other for key, other in values.items() if key != label])
+            for label, value in values.items()}
 
 
 def verdict(details: dict, isolated_count: int, clear_z: float = 3.0) -> dict:
