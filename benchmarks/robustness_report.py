@@ -98,12 +98,24 @@ def _seconds(value) -> str:
 
 
 def _untested(test: dict) -> str:
-    """A candidate the quarantine test never ran on: too few seeds, or easy_tail's turn never came."""
+    """A candidate the quarantine test never ran on: too few seeds, or its turn never came (seeded from
+    its low-loss mode, or by easy_tail alone with fixed-count seeds, while another label was confirmed)."""
     reason = test.get("reason", "")
     if "seeds" in test:
         return f"untested ({test['seeds']} seeds)"
-    return "not tested (easy_tail alone; another label confirmed)" if reason.startswith("not tested") else \
-        f"cleared ({reason or 'no test recorded'})"
+    if not reason.startswith("not tested"):
+        return f"cleared ({reason or 'no test recorded'})"
+    why = "easy_tail alone" if "easy_tail alone" in reason else "low-loss-mode seeds"
+    return f"not tested ({why}; another label confirmed)"
+
+
+def _against_null(test: dict) -> str:
+    """' (null z 2.4 over 8 labels)' for a candidate judged against the labels no statistic nominated."""
+    if "null_labels" not in test:
+        return ""
+    z = test.get("null_z")
+    return f" (null: {len(test['null_labels'])} labels, too few)" if z is None else \
+        f" (null z {z:.1f} over {len(test['null_labels'])} labels)"
 
 
 def _passes(test: dict) -> str:
@@ -134,7 +146,7 @@ def render_isolation(rows: dict[str, dict], order: list[str]) -> str:
         tests = "; ".join(
             (f"{label}: {test.get('held_out_seeds_quarantined', '—')}/{test.get('held_out_seeds', '—')} vs "
              f"{test.get('controls_quarantined', '—')}/{test.get('controls', '—')}"
-             f"{' confirmed' if test.get('confirmed') else ' cleared'}{_passes(test)}")
+             f"{' confirmed' if test.get('confirmed') else ' cleared'}{_passes(test)}{_against_null(test)}")
             if "controls" in test or test.get("confirmed") else f"{label}: {_untested(test)}"
             for label, test in sorted(row.get("confirmation", {}).items()))
         candidates = "; ".join(f"{label}: {', '.join(reasons)}" for label, reasons in sorted(row["candidates"].items()))

@@ -123,3 +123,17 @@ def test_the_isolation_table_says_why_a_candidate_was_not_tested():
            "verdict": "inconclusive", "isolate_seconds": 1.0}
     table = render_isolation({"m": row}, [])
     assert "1: untested (4 seeds); 4: not tested (easy_tail alone; another label confirmed)" in table
+
+
+def test_the_isolation_table_shows_a_low_loss_mode_candidate_judged_against_the_null_labels():
+    judged = {"held_out_seeds": 94, "held_out_seeds_quarantined": 62, "controls": 94, "controls_quarantined": 23,
+              "confirmed": False, "null_labels": [1, 2, 3], "null_z": 2.44}
+    waiting = {"confirmed": False, "reason": "not tested: seeded from its low-loss mode (the loss statistics alone "
+                                             "nominated it), and another label was confirmed"}
+    row = {"commit": "abc", "isolated_count": 0, "candidates": {"5": ["diversity_gap"], "7": ["log_spectral_ratio"]},
+           "confirmation": {"5": judged, "7": waiting}, "verdict": "inconclusive", "isolate_seconds": 1.0}
+    table = render_isolation({"m": row}, [])
+    assert "5: 62/94 vs 23/94 cleared (null z 2.4 over 3 labels); 7: not tested (low-loss-mode seeds; another label " \
+           "confirmed)" in table
+    table = render_isolation({"m": {**row, "confirmation": {"5": {**judged, "null_z": None}}}}, [])
+    assert "5: 62/94 vs 23/94 cleared (null: 3 labels, too few)" in table
