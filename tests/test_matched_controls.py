@@ -101,3 +101,14 @@ def test_a_clean_label_trigger_stands_out_from_labels_whose_easy_samples_share_n
     assert test["confirmed"] and test["null_z"] >= 3.5, test
     assert sorted(details["null_labels"]) == ["0", "1", "2"] and test["null_labels"] == [0, 1, 2]
     assert max(test["null_log_odds_ratios"]) < test["log_odds_ratio"]
+
+
+def test_only_low_loss_mode_candidates_without_an_easy_tail_are_judged_against_the_null_labels():
+    """easy_tail already says the label's easiest samples stand apart from every other label's
+    (the CIFAR-10 target); the null labels' modes cannot be compared with that."""
+    from ptdefense.defenses.quarantine import judged_against_null
+
+    assert judged_against_null(["diversity_gap"], None) and judged_against_null(["log_spectral_ratio"], None)
+    assert not judged_against_null(["easy_tail"], None) and not judged_against_null(["log_spectral_ratio", "easy_tail"], None)
+    assert not judged_against_null(["easy_disagreement", "diversity_gap"], None)
+    assert not judged_against_null(["diversity_gap"], 300)
