@@ -93,14 +93,19 @@ def test_a_clean_label_trigger_stands_out_from_labels_whose_easy_samples_share_n
     for label in range(CLASSES - 1):  # an easy mode in each null label, of samples like the rest of it
         easy = torch.nonzero(train.labels == label).flatten()[:MARKED]
         losses[easy] = 1e-4 * (1 + torch.rand(MARKED, generator=generator))
-    _, _, details = confirm_and_isolate(train, {TARGET: ["diversity_gap"]}, losses,
-                                        torch.zeros(len(train), dtype=torch.bool), CLASSES, "resnet_small", 8, CONFIG,
-                                        torch.device("cpu"), 0, 0.99, 0.1, rounds=1, alpha=0.001, content=features,
-                                        null_labels=[0, 1, 2], flag_z=3.5)
+    _, probability, details = confirm_and_isolate(train, {TARGET: ["diversity_gap"]}, losses,
+                                                  torch.zeros(len(train), dtype=torch.bool), CLASSES, "resnet_small", 8,
+                                                  CONFIG, torch.device("cpu"), 0, 0.99, 0.1, rounds=1, alpha=0.001,
+                                                  content=features, null_labels=[0, 1, 2], flag_z=3.5)
     test = details["confirmation"][str(TARGET)]
     assert test["confirmed"] and test["null_z"] >= 3.5, test
     assert sorted(details["null_labels"]) == ["0", "1", "2"] and test["null_labels"] == [0, 1, 2]
     assert max(test["null_log_odds_ratios"]) < test["log_odds_ratio"]
+    # The null labels' half A was taught the quarantine class: those seeds keep no score, so no cut takes them.
+    easy_modes = torch.cat([torch.nonzero(train.labels == label).flatten()[:MARKED] for label in range(CLASSES - 1)])
+    zeroed = int((probability[easy_modes] == 0).sum())
+    assert 0.3 * easy_modes.numel() <= zeroed <= 0.6 * easy_modes.numel(), zeroed  # about half of each mode
+    assert bool((probability[train.labels != TARGET] > 0).any())  # the rest of the null labels keep their scores
 
 
 def test_only_low_loss_mode_candidates_without_an_easy_tail_are_judged_against_the_null_labels():

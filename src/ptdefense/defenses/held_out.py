@@ -11,7 +11,7 @@ poison: nominated by the loss statistics alone), unless `easy_tail` nominated th
 and half B then shares it with half A: the quarantine class takes it more often than controls of
 the same content, with no trigger at all, the more so when a few seeds are repeated up to
 `quarantine_share`. Measured on Fashion-MNIST 60k, Blend 1% (`d3426ca`): sandals (label 5, no
-poison), nominated by `diversity_gap` alone, 188 seeds used 6 times, were quarantined 62/94 against
+poison), nominated by `diversity_gap` alone, 94 trained seeds used 5 times, were quarantined 62/94 against
 23/94 matched controls (p 8e-9, a majority) and confirmed; 4,045 clean sandals were isolated and
 PT's sandal test accuracy fell to 31.3%.
 So the labels that no statistic nominated (the null labels) are seeded from their own low-loss
@@ -82,7 +82,8 @@ def log_odds_ratio(test: dict) -> float:
 def against_null(test: dict, null_tests: dict[int, dict], flag_z: float) -> dict:
     """The candidate's held-out test, judged again against the null labels' (the module's story):
     confirmed only if it was, and its log odds ratio's modified z-score against theirs reaches flag_z."""
-    usable = {label: null for label, null in null_tests.items() if null["held_out_seeds"] >= MIN_HELD_OUT}
+    usable = {label: null for label, null in null_tests.items()
+              if null["held_out_seeds"] >= MIN_HELD_OUT and null["controls"]}
     effect = log_odds_ratio(test)
     figures = {"log_odds_ratio": effect, "null_labels": sorted(usable),
                "null_log_odds_ratios": [log_odds_ratio(usable[label]) for label in sorted(usable)]}

@@ -416,5 +416,7 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     # Scores only (the report's ranking): the labels that were no candidate, under the last model of the test.
     probability[~in_candidates] = quarantine_probability(model, train.images[~in_candidates], num_classes, device,
                                                          copies)
+    for half_a, _, _ in nulls.values():  # trained into the quarantine class: their scores mean nothing (0: never cut)
+        probability[half_a] = 0.0
     details["confirmed_classes"] = confirmed
     return isolated, probability, details
