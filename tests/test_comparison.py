@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ptdefense.defenses.quarantine import low_loss_mode_posterior
+from ptdefense.defenses.seeding import low_loss_mode_posterior
 from ptdefense.evaluation import comparison_markdown, comparison_table, compute_spent, isolation_sweep
 from ptdefense.metrics import isolation_metrics
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import confirm_and_isolate, content_matched_controls, seeded_by_low_loss_mode
+from ptdefense.defenses.quarantine import confirm_and_isolate
+from ptdefense.defenses.seeding import content_matched_controls
 from ptdefense.training import FitConfig
 
 CONFIG = FitConfig(epochs=2, batch_size=64, lr=0.05, precision="fp32", min_steps=200)
@@ -76,14 +77,6 @@ def test_a_clean_label_trigger_is_still_confirmed_against_controls_of_its_own_co
     assert matched["confirmed"], matched
 
 
-def test_only_low_loss_mode_seeds_get_matched_controls():
-    """Content seeds, and method quarantine's fixed-count seeds, keep random controls: a dirty-label
-    target's poison beyond its seeds would be their nearest neighbours."""
-    assert seeded_by_low_loss_mode(["diversity_gap", "easy_tail"], None)
-    assert not seeded_by_low_loss_mode(["easy_disagreement", "diversity_gap"], None)
-    assert not seeded_by_low_loss_mode(["diversity_gap"], 300)
-
-
 def test_a_clean_label_trigger_stands_out_from_labels_whose_easy_samples_share_nothing():
     """The empirical null (defenses/held_out.py): every other label's easy samples (no mark) are
     seeded, trained into the quarantine class and held out the same way, and the target's trigger is
@@ -111,7 +104,7 @@ def test_a_clean_label_trigger_stands_out_from_labels_whose_easy_samples_share_n
 def test_only_low_loss_mode_candidates_without_an_easy_tail_are_judged_against_the_null_labels():
     """easy_tail already says the label's easiest samples stand apart from every other label's
     (the CIFAR-10 target); the null labels' modes cannot be compared with that."""
-    from ptdefense.defenses.quarantine import judged_against_null
+    from ptdefense.defenses.seeding import judged_against_null
 
     assert judged_against_null(["diversity_gap"], None) and judged_against_null(["log_spectral_ratio"], None)
     assert not judged_against_null(["easy_tail"], None) and not judged_against_null(["log_spectral_ratio", "easy_tail"], None)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.quarantine import (competing_samples, held_out_test, label_seeds, leads, prior_corrected,
-                                            quarantine_probability, repeat_count, split_halves, train_quarantine)
+from ptdefense.defenses.quarantine import (competing_samples, held_out_test, leads, prior_corrected,
+                                            quarantine_probability, repeat_count, train_quarantine)
+from ptdefense.defenses.seeding import label_seeds, split_halves
 from ptdefense.training import FitConfig
 
 
@@ -201,7 +202,7 @@ def test_a_label_whose_seeds_are_a_minority_of_its_poison_is_confirmed_by_a_late
 
 
 def test_only_candidates_seeded_by_content_are_retested():
-    from ptdefense.defenses.quarantine import retestable
+    from ptdefense.defenses.seeding import retestable
 
     assert retestable(["easy_disagreement"], None)
     assert retestable(["log_spectral_ratio", "content_disagreement"], None)

@@ -187,6 +187,7 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share, rounds
     by each model's repeat count. Each later round is seeded by the one before, with fold seeds
     seed + 2·round − 1 and seed + 2·round, its folds split over the confirmed label only."""
     import ptdefense.defenses.quarantine as quarantine
+    import ptdefense.defenses.seeding as seeding
     from ptdefense.defenses.isolation import logits_and_features
     from ptdefense.models.registry import build_model
     from ptdefense.training import predict_logits
@@ -230,7 +231,7 @@ def test_quarantine_scores_match_scoring_every_sample(monkeypatch, share, rounds
         seed_counts.append(expected_isolated.numel())
         copies.append([round_models[2 * round_index - 1][2], round_models[2 * round_index][2]])
         first = torch.zeros(480, dtype=torch.bool)
-        first[quarantine.split_halves(torch.nonzero(in_suspicious).flatten(), 2 * round_index - 1)[0]] = True
+        first[seeding.split_halves(torch.nonzero(in_suspicious).flatten(), 2 * round_index - 1)[0]] = True
         later = torch.where(first, slow_scores[2 * round_index], slow_scores[2 * round_index - 1])
         expected_isolated = torch.nonzero(in_suspicious & (later > threshold)).flatten()
     assert details["seed_count"] == seed_counts  # each later round seeded by the round before

@@ -7,7 +7,7 @@ Fisher exact test at the level given, and a majority of half B quarantined, the 
 
 The empirical null (`against_null`), for candidates seeded from their low-loss mode (clean-label
 poison: nominated by the loss statistics alone), unless `easy_tail` nominated them
-(quarantine.judged_against_null says why). That mode may be a natural easy sub-population,
+(seeding.judged_against_null says why). That mode may be a natural easy sub-population,
 and half B then shares it with half A: the quarantine class takes it more often than controls of
 the same content, with no trigger at all, the more so when a few seeds are repeated up to
 `quarantine_share`. Measured on Fashion-MNIST 60k, Blend 1% (`d3426ca`): sandals (label 5, no

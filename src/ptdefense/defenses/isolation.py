@@ -29,7 +29,8 @@ from ptdefense.defenses.content import content_features, easy_disagreement, neig
 from ptdefense.defenses.lowest_loss import Isolation, isolate_lowest_loss  # noqa: F401 (re-exported)
 from ptdefense.defenses.modes import isolate_upper_modes
 from ptdefense.defenses.pooled import pooled_test, rejudge_explained_labels
-from ptdefense.defenses.quarantine import confirm_and_isolate, seeded_by_low_loss_mode
+from ptdefense.defenses.quarantine import confirm_and_isolate
+from ptdefense.defenses.seeding import FIXED_COUNT, LOW_LOSS_MODE, seeding_kind
 from ptdefense.defenses.signs import FALLBACK_STATISTICS, candidate_labels, label_statistics
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.training import INFERENCE_BATCH_SIZE, FitConfig, predict_logits, to_input
@@ -84,7 +85,7 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
     """The quarantine test (confirm_and_isolate) on the candidates seeded by content; then, only if
     none of them is confirmed, on those seeded from their low-loss mode (nominated by the loss
     statistics alone), each judged against the labels no statistic nominated (held_out.against_null)
-    unless `easy_tail` nominated it (quarantine.judged_against_null).
+    unless `easy_tail` nominated it (seeding.judged_against_null).
     With fixed-count seeds (method quarantine) the second group is those nominated by `easy_tail` alone.
 
     Why in turn: a label's easiest samples may be a natural easy sub-population, and seeds drawn from
@@ -136,9 +137,8 @@ def confirm_in_turn(train: ImageSet, candidates: dict[int, list[str]], losses: t
 def waits_for_others(reasons: list[str], seed_count: int | None) -> bool:
     """Is the candidate tested only when no other is confirmed (confirm_in_turn)? With method auto, when
     its seeds are its low-loss mode; with fixed-count seeds, when `easy_tail` alone nominated it."""
-    if seed_count is None:
-        return seeded_by_low_loss_mode(reasons, seed_count)
-    return not set(reasons) - set(FALLBACK_STATISTICS)
+    kind = seeding_kind(reasons, seed_count)
+    return kind == LOW_LOSS_MODE or (kind == FIXED_COUNT and not set(reasons) - set(FALLBACK_STATISTICS))
 
 
 def cleared_and_untested(quarantine: dict) -> tuple[list[int], list[int]]:

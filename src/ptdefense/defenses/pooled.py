@@ -74,8 +74,9 @@ import torch
 
 from ptdefense.data.dataset import ImageSet
 from ptdefense.defenses.content import matched_controls
-from ptdefense.defenses.quarantine import (cross_fitted_probability, more_often_p_value, quarantine_probability,
-                                            split_halves, train_quarantine)
+from ptdefense.defenses.held_out import more_often_p_value
+from ptdefense.defenses.quarantine import cross_fitted_probability, quarantine_probability, train_quarantine
+from ptdefense.defenses.seeding import split_halves
 from ptdefense.training import FitConfig
 
 CONFIDENT = 0.99  # a quarantine probability above this is "confidently quarantined" (the test; see step 4)

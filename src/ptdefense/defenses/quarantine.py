@@ -1,7 +1,7 @@
 """PT's isolation through a quarantine class, with a held-out test before anything is isolated.
 
 1. Candidates: labels whose statistics stand out (defenses/signs.py).
-2. Seeds per candidate, at most a quarter of the label:
+2. Seeds per candidate, at most a quarter of the label (defenses/seeding.py):
    - flagged by content (the frozen prefix disagrees with the label): its samples that disagree
      and are fitted easily (defenses/content.py);
    - flagged only by the loss statistics (clean-label poison, whose content matches its label):
@@ -10,7 +10,7 @@
 3. The test (round 1). Each candidate's seeds are split in two halves, and controls are set aside
    from its other samples (neither seed nor anchor): a random fifth of them for seeds whose content
    disagrees with the label; for seeds from the low-loss mode, each held-out seed's nearest sample
-   in the content view (`content_matched_controls`), since that mode can be a natural
+   in the content view (seeding.content_matched_controls), since that mode can be a natural
    sub-population. A model with one extra output, the quarantine class, is trained on half A
    relabelled to it and every other sample under its own label; half B and the controls are held
    out. The only thing seeds of varied content can share is a trigger, so a backdoor makes the
@@ -30,7 +30,7 @@
    probability exceeds the 99th percentile of the labels that are no candidate
    (`competing_samples`), and the test runs again on the same half B and controls, up to
    `passes` times, each test at `confirm_alpha` / (passes × candidates). Only candidates seeded
-   by content get later passes (`retestable`): low-loss-mode seeds are a clean label's typical
+   by content get later passes (seeding.retestable): low-loss-mode seeds are a clean label's typical
    samples, and leaving out what resembles them breaks the null.
 4. Isolated: samples of confirmed labels whose quarantine probability exceeds `threshold`. Each
    later round (`rounds` > 1) takes the previous round's isolated samples as seeds and scores the
@@ -62,49 +62,15 @@ from __future__ import annotations
 import torch
 
 from ptdefense.data.dataset import ImageSet
-from ptdefense.defenses.content import matched_controls
 from ptdefense.defenses.held_out import (MIN_HELD_OUT, against_null, held_out_test, leads,  # noqa: F401 (re-exported)
                                          more_often_p_value)
-from ptdefense.defenses.signs import CONTENT_STATISTICS, FALLBACK_STATISTICS
+from ptdefense.defenses.seeding import (candidate_controls, judged_against_null, label_seeds, null_label_splits,
+                                        retestable, split_halves)
 from ptdefense.models.blocknet import BlockNet
 from ptdefense.models.registry import build_model
 from ptdefense.training import FitConfig, fit, predict_logits
 
-CONTROL_SHARE = 0.2  # of a candidate's other samples, held out of round 1 as the test's controls
 REFERENCE_QUANTILE = 0.99  # second pass: a trained sample above this quantile of the other labels' competes
-
-
-def low_loss_mode_posterior(losses: torch.Tensor, seed: int) -> torch.Tensor:
-    """Each loss's posterior probability of belonging to the low-loss mode of a two-component
-    Gaussian mixture on log-loss (scikit-learn's GaussianMixture): poison that the partial model has
-    learnt sits orders of magnitude below its label's clean samples, so no poison rate is assumed."""
-    import numpy as np
-    from sklearn.mixture import GaussianMixture
-
-    if losses.numel() < 4:
-        return torch.zeros(losses.numel(), dtype=torch.float64)
-    values = losses.double().clamp(min=1e-12).log10().numpy().reshape(-1, 1)
-    mixture = GaussianMixture(n_components=2, n_init=3, random_state=seed).fit(values)
-    low = int(np.argmin(mixture.means_.ravel()))
-    return torch.from_numpy(mixture.predict_proba(values)[:, low])
-
-
-def label_seeds(members: torch.Tensor, reasons: list[str], losses: torch.Tensor, easy: torch.Tensor | None,
-                seed_confidence: float, seed: int, seed_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A candidate label's seeds (lowest loss first) and as many anchors (its highest-loss samples).
-    `seed_count` (method quarantine) fixes the count: the label's lowest-loss samples. No content
-    statistic in `reasons` (a null label's: none): the low-loss mode, `easy` unused."""
-    ordered = members[torch.sort(losses[members], stable=True).indices]
-    cap = members.numel() // 4
-    if seed_count is not None:
-        seeds = ordered[:min(seed_count, cap)]
-    elif seeded_by_content(reasons):
-        seeds = ordered[easy[ordered]][:cap]
-    else:
-        confident = int((low_loss_mode_posterior(losses[members], seed) >= seed_confidence).sum())
-        seeds = ordered[:min(confident, cap)]
-    anchors = ordered[ordered.numel() - seeds.numel():] if seeds.numel() else ordered[:0]
-    return seeds, anchors
 
 
 def repeat_count(seed_count: int, total: int, share: float) -> int:
@@ -180,89 +146,6 @@ def cross_fitted_probability(train: ImageSet, seeds: torch.Tensor, left_out: tor
     return probability, sample_epochs, used
 
 
-def control_sample(labels: torch.Tensor, label: int, seeds: torch.Tensor, anchors: torch.Tensor, seed: int,
-                   share: float = CONTROL_SHARE) -> torch.Tensor:
-    """A seeded random `share` of the label's samples that are neither seed nor anchor."""
-    members = labels == label
-    members[seeds] = False
-    members[anchors] = False
-    others = torch.nonzero(members).flatten()
-    order = torch.randperm(others.numel(), generator=torch.Generator().manual_seed(seed))
-    return torch.sort(others[order[:max(1, round(share * others.numel()))]]).values if others.numel() else others
-
-
-def content_matched_controls(content: torch.Tensor, labels: torch.Tensor, label: int, seeds: torch.Tensor,
-                             anchors: torch.Tensor, half_b: torch.Tensor) -> torch.Tensor:
-    """For each held-out seed, the nearest of its label's other samples (neither seed nor anchor) in
-    the frozen prefix's content view, each used once.
-
-    Why, for seeds from the label's low-loss mode: that mode may be a natural easy sub-population
-    (plain sandals, flat trousers), and then half B shares it with half A and is quarantined more
-    often than a random control, with no trigger at all. Measured on Fashion-MNIST 60k, Blend 10%
-    (`03deb0f`): sandals, nominated by diversity_gap alone, were confirmed with random controls
-    (80/143 held-out seeds against 55/951 controls), and 3,373 clean sandals were isolated; PT's
-    clean accuracy fell to 83.62% against the clean reference's 90.91%. A control of the same
-    content shares that sub-population; it does not share a trigger."""
-    eligible = labels == label
-    eligible[seeds] = False
-    eligible[anchors] = False
-    return matched_controls(content, half_b, eligible)
-
-
-def null_label_splits(labels: torch.Tensor, null_labels: list[int], losses: torch.Tensor, content: torch.Tensor,
-                      seed_confidence: float, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """For each label no statistic nominated, seeded like a low-loss-mode candidate: (half A, to train
-    into the quarantine class; half B, held out; half B's content-matched controls). Labels whose
-    mode is too thin to hold out MIN_HELD_OUT seeds are left out (held_out.py, the empirical null)."""
-    splits = {}
-    for label in null_labels:
-        seeds, anchors = label_seeds(torch.nonzero(labels == label).flatten(), [], losses, None, seed_confidence, seed)
-        if seeds.numel() // 2 >= MIN_HELD_OUT:
-            half_a, half_b = split_halves(seeds, seed + label)
-            splits[label] = (half_a, half_b, content_matched_controls(content, labels, label, seeds, anchors, half_b))
-    return splits
-
-
-def split_halves(indices: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.randperm(indices.numel(), generator=torch.Generator().manual_seed(seed))
-    shuffled = indices[order]
-    half = (shuffled.numel() + 1) // 2
-    return shuffled[:half], shuffled[half:]
-
-
-def seeded_by_content(reasons: list[str]) -> bool:
-    """Was the candidate nominated by a content statistic, so that its seeds are samples whose
-    content disagrees with the label (label_seeds, method auto)?"""
-    return any(reason in CONTENT_STATISTICS for reason in reasons)
-
-
-def seeded_by_low_loss_mode(reasons: list[str], seed_count: int | None) -> bool:
-    """Are the candidate's seeds the low-loss mode of its label (label_seeds: flagged only by the loss
-    statistics, with method auto)?"""
-    return seed_count is None and not seeded_by_content(reasons)
-
-
-def judged_against_null(reasons: list[str], seed_count: int | None) -> bool:
-    """Is a candidate judged against the null labels (held_out.against_null)? When seeded from its
-    low-loss mode and not nominated by `easy_tail`: that sign says the label's easiest samples are
-    fitted orders of magnitude more easily than the other labels' are, which the null labels' modes,
-    by construction, are not. Measured on CIFAR-10 10k, BadNets 10% (`16468b1`): the target,
-    nominated by `easy_tail` alone, was cleared by the null (z 1.3; 196/210 held-out seeds against
-    143/210 matched controls, the controls mostly poison beyond the seed cap; the nine null labels'
-    log odds ratios −1.1 to 2.4 on a quarantine model of 65% accuracy), and the backdoor survived."""
-    return seeded_by_low_loss_mode(reasons, seed_count) and not set(reasons) & set(FALLBACK_STATISTICS)
-
-
-def retestable(reasons: list[str], seed_count: int | None) -> bool:
-    """May a cleared candidate get later passes? Only when its seeds are samples whose content
-    disagrees with the label (label_seeds). The later passes' null needs seeds unlike the label's
-    bulk; seeds taken from the label's low-loss mode are, on a clean label, its typical samples,
-    and leaving out the trained samples that resemble them strips the label of its own content
-    (clean MNIST 4k: label 6, flagged by log_spectral_ratio only, went from 12/32 vs 5/55 to
-    29/32 vs 16/55 after 162 of its samples were left out, and was confirmed)."""
-    return seed_count is None and seeded_by_content(reasons)
-
-
 def competing_samples(probability: torch.Tensor, trained: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """The `trained` samples whose quarantine probability exceeds the REFERENCE_QUANTILE of the
     `reference` samples' (the labels that are no candidate, trained under their labels too).
@@ -318,13 +201,8 @@ def confirm_and_isolate(train: ImageSet, candidates: dict[int, list[str]], losse
     if not testable:
         return torch.empty(0, dtype=torch.int64), probability, {**details, "confirmed_classes": []}
     halves = {label: split_halves(seeds, seed + label) for label, (seeds, _) in testable.items()}
-    # Seeds whose content disagrees with the label share nothing but a trigger, so any of the label's
-    # samples is a control; seeds from the low-loss mode get controls of their own content. Not the
-    # fixed-count seeds of method quarantine: they stop at a count, not at a mode, and a dirty-label
-    # target's poison beyond them would be its seeds' nearest neighbours, i.e. their controls.
-    controls = {label: content_matched_controls(content, labels, label, *testable[label], halves[label][1])
-                if content is not None and seeded_by_low_loss_mode(candidates[label], seed_count)
-                else control_sample(labels, label, *testable[label], seed + label) for label in testable}
+    controls = {label: candidate_controls(content, labels, label, candidates[label], seed_count, *testable[label],
+                                          halves[label][1], seed) for label in testable}
     judged_by_null = [label for label in testable if null_labels and content is not None
                       and judged_against_null(candidates[label], seed_count)]
     nulls = null_label_splits(labels, null_labels, losses, content, seed_confidence, seed) if judged_by_null else {}
