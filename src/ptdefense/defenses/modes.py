@@ -115,11 +115,10 @@ def isolate_upper_modes(labels: torch.Tensor, probability: torch.Tensor, flagged
     for label in flagged:
         members = (labels == label) & (probability > 0)
         result = upper_mode(probability[members], posterior, seed + label)
+        result["scored"], result["isolated"] = int(members.sum()), 0
         if result["separated"]:
             chosen |= members & (scores >= result["cut"])
             confident |= members & (scores >= result["confident_cut"])
-        result["scored"], result["isolated"] = int(members.sum()), int((chosen & members).sum())
-        if result["separated"]:
-            result["confident"] = int((confident & members).sum())
+            result["isolated"], result["confident"] = int((chosen & members).sum()), int((confident & members).sum())
         figures[str(label)] = result
     return torch.nonzero(chosen).flatten(), torch.nonzero(confident).flatten(), figures
