@@ -1,4 +1,4 @@
-"""Controls of the label's own content for seeds from its low-loss mode (defenses/quarantine.py,
+"""Controls of the label's own content for seeds from its low-loss mode (defenses/seeding.py,
 content_matched_controls): a natural easy sub-population is not confirmed as poison, a clean-label
 trigger still is. Small synthetic images, real quarantine models."""
 

@@ -35,7 +35,7 @@ def _label_with_two_contents():
 
 def test_low_loss_mode_seeds_get_controls_of_their_own_content_and_content_seeds_random_ones():
     """Seeds from the first cluster: matched controls come from that cluster, one per held-out seed;
-    random controls are a fifth of the label's other samples, from both clusters."""
+    random controls are a fifth of the label's other samples, drawn from either cluster."""
     labels, content = _label_with_two_contents()
     seeds, anchors, half_b = torch.arange(0, 10), torch.arange(30, 40), torch.arange(5, 10)
     matched = candidate_controls(content, labels, 0, ["diversity_gap"], None, seeds, anchors, half_b, seed=0)
@@ -57,4 +57,4 @@ def test_fixed_count_seeds_are_the_lowest_losses_and_content_seeds_the_easy_disa
     fixed, fixed_anchors = label_seeds(members, ["easy_disagreement"], losses, easy, 0.9, 0, seed_count=3)
     assert fixed.tolist() == [19, 18, 17] and fixed_anchors.tolist() == [2, 1, 0]
     by_content, _ = label_seeds(members, ["easy_disagreement"], losses, easy, 0.9, 0)
-    assert by_content.tolist() == [6, 4, 2]  # lowest loss first, capped at a quarter of the label (5)
+    assert by_content.tolist() == [6, 4, 2]  # lowest loss first (3 easy samples, under the cap of a quarter of the label, 5)
